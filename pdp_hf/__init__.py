@@ -1,0 +1,30 @@
+"""pdp_hf: differentiable pruning for Hugging Face Transformers.
+
+Two lines change in a Transformers fine-tuning script::
+
+    from pdp_hf import PDPConfig, PrunerTrainer
+
+    trainer = PrunerTrainer(model=model, args=training_args, train_dataset=train, pdp_config=PDPConfig(target_sparsity=0.9))
+    trainer.train()                      # masks learned, hardened and baked in
+    trainer.export_pruned("my-sparse-model")   # loads with plain AutoModelFor*.from_pretrained
+"""
+
+__version__ = "0.1.0"
+
+from .config import PDPConfig
+from .injection import apply_pruning, finalize_pruning, get_pruner
+from .report import sparsity_report
+from .export import export_pruned
+from .trainer import PrunerTrainer, PruningCallback
+
+__all__ = [
+    "PDPConfig",
+    "PrunerTrainer",
+    "PruningCallback",
+    "apply_pruning",
+    "finalize_pruning",
+    "get_pruner",
+    "sparsity_report",
+    "export_pruned",
+    "__version__",
+]

@@ -1,0 +1,96 @@
+"""`pdp-hf` command line: inspect sparsity and turn training checkpoints into exports.
+
+    pdp-hf report DIR                 per-layer sparsity of any checkpoint (exported, plain, or mid-training)
+    pdp-hf export CHECKPOINT OUT      finalize a PrunerTrainer checkpoint into a plain Transformers export
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import PRUNING_CONFIG_NAME, PDPConfig
+from .injection import STATE_NAME
+
+
+def _load_model(path: str):
+    from transformers import AutoConfig, AutoModel
+    import transformers
+
+    config = AutoConfig.from_pretrained(path)
+    architectures = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, architectures[0], None) if architectures else None
+    return (cls or AutoModel).from_pretrained(path)
+
+
+def _load_pruning(path: str):
+    """The model of a folder; a mid-training checkpoint gets its masks and pruning state back."""
+    from .injection import apply_pruning, get_pruner
+
+    model = _load_model(path)
+    config = PDPConfig.from_pretrained(path) if os.path.isfile(os.path.join(path, PRUNING_CONFIG_NAME)) else None
+    if config is not None and os.path.isfile(os.path.join(path, STATE_NAME)):
+        apply_pruning(model, config)
+        get_pruner(model).load_state(path)
+    return model, config
+
+
+def cmd_report(args) -> int:
+    from .report import format_report, sparsity_report
+
+    model, config = _load_pruning(args.path)
+    report = sparsity_report(model, config.target_modules if config else None)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        print(f"\n{report['convention']}.")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from .export import export_pruned
+    from .injection import get_pruner
+
+    model, config = _load_pruning(args.checkpoint)
+    if get_pruner(model) is None:
+        raise SystemExit(f"{args.checkpoint} holds no {STATE_NAME}: it is not a PrunerTrainer checkpoint.")
+    processor = None
+    for loader in (AutoTokenizer, AutoProcessor):
+        try:
+            processor = loader.from_pretrained(args.checkpoint)
+            break
+        except (OSError, ValueError, KeyError):
+            continue
+    out = export_pruned(model, args.output_dir, processor, overwrite=args.overwrite, base_model=args.base_model)
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdp-hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="per-layer sparsity table of a checkpoint folder")
+    report.add_argument("path")
+    report.add_argument("--json", action="store_true", help="print the full report as JSON")
+    report.set_defaults(func=cmd_report)
+    export = sub.add_parser("export", help="finalize a training checkpoint into a plain Transformers export")
+    export.add_argument("checkpoint")
+    export.add_argument("output_dir")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    export.add_argument("--base_model", default=None, help="Hub id of the base model, for the model card")
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""`PDPConfig`: what to prune, how much, with which method, and when."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+PRUNING_CONFIG_NAME = "pruning_config.json"
+VERSION_KEY = "pdp_hf_version"
+
+GRANULARITIES = ("unstructured",)
+SPARSITY_DISTRIBUTIONS = ("uniform", "global")
+SPARSITY_SCHEDULES = ("linear", "cubic")
+TEMPERATURE_MODES = ("relative", "absolute")
+
+
+def _invalid(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"PDPConfig.{name}={value!r} is invalid: {allowed}.")
+
+
+@dataclass
+class PDPConfig:
+    """Configuration of differentiable pruning during fine-tuning.
+
+    Sparsity convention: `target_sparsity` is the fraction of exactly-zero entries in each targeted Linear weight
+    matrix (uniform) or over all targeted matrices together (global). Biases, embeddings, LayerNorms, the pooler
+    and the task head are never pruned and not counted.
+
+    Schedule fields (`pruning_start`, `pruning_end`, `harden_at`) are optimizer steps, or a fraction of the total
+    number of optimizer steps when below 1 (so `0.1` means "after 10% of training").
+
+    Example:
+
+    ```python
+    >>> from pdp_hf import PDPConfig
+    >>> config = PDPConfig(target_sparsity=0.9, pruning_start=0.1, pruning_end=0.6, harden_at=0.8)
+    >>> config.method, config.granularity
+    ('pdp', 'unstructured')
+    ```
+    """
+
+    target_sparsity: float = field(
+        default=0.9,
+        metadata={"help": "Fraction of zeros in the targeted Linear weights at the end (0 <= s < 1)."},
+    )
+    method: str = field(
+        default="pdp",
+        metadata={"help": "Mask method: 'pdp' (Parameter-free Differentiable Pruning)."},
+    )
+    granularity: str = field(
+        default="unstructured",
+        metadata={"help": "What one mask entry covers: 'unstructured' (one weight)."},
+    )
+    target_modules: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Linear layers to prune: exact module names, name suffixes, or a single regex. "
+            "Default: the encoder's attention Q/K/V/output and FFN in/out layers of BERT, RoBERTa, DistilBERT, ViT."
+        },
+    )
+    temperature: float = field(
+        default=0.05,
+        metadata={
+            "help": "PDP softmax temperature tau. With temperature_mode='relative' it is a multiple of each layer's "
+            "squared threshold t^2 (scale-free); with 'absolute' it is in units of w^2 as in the paper."
+        },
+    )
+    temperature_mode: str = field(
+        default="relative",
+        metadata={"help": "'relative' (tau_l = temperature * t_l^2, per layer and step) or 'absolute'."},
+    )
+    pruning_start: float = field(
+        default=0.1,
+        metadata={"help": "Optimizer step (or fraction of training when < 1) where the sparsity ramp starts."},
+    )
+    pruning_end: float = field(
+        default=0.6,
+        metadata={"help": "Optimizer step (or fraction of training when < 1) where the target sparsity is reached."},
+    )
+    harden_at: Optional[float] = field(
+        default=0.8,
+        metadata={
+            "help": "Optimizer step (or fraction when < 1) from which masks are fixed 0/1 and training continues. "
+            "None: soft masks until the end of training, hardened at finalize."
+        },
+    )
+    sparsity_distribution: str = field(
+        default="uniform",
+        metadata={
+            "help": "'uniform': every targeted layer reaches target_sparsity. 'global': per-layer budgets fixed at "
+            "pruning_start by one magnitude ranking over all targeted weights."
+        },
+    )
+    sparsity_schedule: str = field(
+        default="linear",
+        metadata={"help": "Shape of the ramp from pruning_start to pruning_end: 'linear' or 'cubic' (Zhu & Gupta)."},
+    )
+
+    def __post_init__(self) -> None:
+        from .methods import METHODS
+
+        self._check_number("target_sparsity", self.target_sparsity)
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise _invalid("target_sparsity", self.target_sparsity, "it must satisfy 0 <= target_sparsity < 1")
+        self._check_choice("method", self.method, tuple(METHODS))
+        self._check_choice("granularity", self.granularity, GRANULARITIES)
+        self._check_choice("sparsity_distribution", self.sparsity_distribution, SPARSITY_DISTRIBUTIONS)
+        self._check_choice("sparsity_schedule", self.sparsity_schedule, SPARSITY_SCHEDULES)
+        self._check_choice("temperature_mode", self.temperature_mode, TEMPERATURE_MODES)
+        self._check_number("temperature", self.temperature)
+        if not self.temperature > 0:
+            raise _invalid("temperature", self.temperature, "it must be a finite number > 0")
+        self._check_targets()
+        for name in ("pruning_start", "pruning_end", "harden_at"):
+            self._check_schedule_point(name, getattr(self, name))
+        self._check_order("pruning_start", "pruning_end")
+        self._check_order("pruning_end", "harden_at")
+
+    # -- validation helpers -------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_number(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _invalid(name, value, "it must be a finite number")
+
+    @staticmethod
+    def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+        if value not in allowed:
+            raise _invalid(name, value, f"choose one of {list(allowed)}")
+
+    def _check_targets(self) -> None:
+        value = self.target_modules
+        if value is None:
+            return
+        if isinstance(value, str):
+            self.target_modules = value = [value]
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+            raise _invalid("target_modules", value, "give None or a non-empty list of module names/suffixes/regex")
+        self.target_modules = list(value)
+
+    def _check_schedule_point(self, name: str, value: Any) -> None:
+        if value is None and name == "harden_at":
+            return
+        self._check_number(name, value)
+        if value < 0 or (value >= 1 and value != int(value)):
+            raise _invalid(name, value, "use a fraction of training in [0, 1) or a whole optimizer step >= 1")
+
+    def _check_order(self, first: str, second: str) -> None:
+        a, b = getattr(self, first), getattr(self, second)
+        if a is None or b is None or (a < 1) != (b < 1):
+            return  # fractions and step counts can only be compared once the total step count is known
+        if b < a:
+            raise _invalid(second, b, f"{second} must not come before {first}={a!r}")
+
+    # -- serialization ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict (JSON-serializable)."""
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        from . import __version__
+
+        return json.dumps({**self.to_dict(), VERSION_KEY: __version__}, indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write `pruning_config.json` (sorted, indented, with the pdp_hf version) and return its path."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, PRUNING_CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PDPConfig":
+        data = dict(data)
+        data.pop(VERSION_KEY, None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown PDPConfig keys {unknown}; known keys are {sorted(known)}.")
+        return cls(**data)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "PDPConfig":
+        """Read `pruning_config.json` from a folder (or the file itself)."""
+        from . import __version__
+
+        file = os.path.join(path, PRUNING_CONFIG_NAME) if os.path.isdir(path) else str(path)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"No {PRUNING_CONFIG_NAME} found at {path!s}.")
+        try:
+            with open(file, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{file} is not valid JSON ({err}); re-export it or fix the file by hand.") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}.")
+        saved = data.get(VERSION_KEY)
+        if saved is not None and _major_minor(str(saved)) > _major_minor(__version__):
+            raise ValueError(
+                f"{file} was written by pdp_hf {saved}, newer than the installed {__version__}; "
+                "upgrade with `pip install -U pdp-hf`."
+            )
+        return cls.from_dict(data)
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
+    return tuple(parts + [0] * (2 - len(parts)))  # type: ignore[return-value]

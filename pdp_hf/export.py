@@ -1,0 +1,102 @@
+"""`export_pruned`: a finalized, plain Transformers checkpoint with its pruning config, report and model card."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+
+from torch import nn
+
+from .config import PDPConfig
+from .injection import _unwrap, finalize_pruning, get_pruner
+from .model_card import render_model_card
+from .report import sparsity_report
+
+REPORT_NAME = "sparsity_report.json"
+
+
+def _check_destination(output_dir: str, overwrite: bool) -> None:
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"Export destination {output_dir} exists and is not a folder.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise FileExistsError(
+            f"Export destination {output_dir} is not empty. Pass overwrite=True to replace it, or choose another folder."
+        )
+
+
+def _move_into_place(staging: str, output_dir: str) -> None:
+    """Swap the finished staging folder in; a previous export stays intact until the new one is complete."""
+    if os.path.isdir(output_dir):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(output_dir))
+        os.rename(output_dir, os.path.join(old, "export"))
+        os.rename(staging, output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, output_dir)
+
+
+def export_pruned(
+    model: nn.Module,
+    output_dir: str,
+    tokenizer=None,
+    *,
+    pdp_config: PDPConfig | None = None,
+    overwrite: bool = False,
+    base_model: str | None = None,
+    dataset: str | None = None,
+    eval_results: list | None = None,
+    command: str | None = None,
+) -> str:
+    """Write a pruned model that loads with plain `AutoModelFor*.from_pretrained(output_dir)`.
+
+    The folder holds safetensors weights (zeros baked in), `config.json`, the tokenizer or processor if given,
+    `pruning_config.json`, `sparsity_report.json` and a model card (`README.md`). A model that still carries
+    masks is finalized on a copy; the model passed in is left as it is. The export is written to a staging folder
+    next to `output_dir` and renamed into place, so an interrupted export never damages a previous one.
+
+    Example:
+
+    ```python
+    >>> export_pruned(model, "outputs/sparse-minilm", tokenizer, base_model="sentence-transformers/all-MiniLM-L6-v2")
+    'outputs/sparse-minilm'
+    ```
+    """
+    output_dir = os.path.abspath(output_dir)
+    _check_destination(output_dir, overwrite)
+    model = _unwrap(model)
+    pruner = get_pruner(model)
+    if pruner is not None:
+        pdp_config = pdp_config or pruner.config
+        model = finalize_pruning(copy.deepcopy(model))
+    report = sparsity_report(model, pdp_config.target_modules if pdp_config else None)
+
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.staging-", dir=parent)
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if pdp_config is not None:
+            pdp_config.save_pretrained(staging)
+        with open(os.path.join(staging, REPORT_NAME), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        card = render_model_card(
+            config=pdp_config,
+            report=report,
+            architectures=[type(model).__name__],
+            base_model=base_model,
+            dataset=dataset,
+            eval_results=eval_results,
+            load_path=output_dir,
+            command=command,
+        )
+        card.save(os.path.join(staging, "README.md"))
+        _move_into_place(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir

@@ -1,0 +1,96 @@
+"""PDP: Parameter-free Differentiable Pruning (Cho, Adya, Naik; NeurIPS 2023; arXiv 2305.11203).
+
+For a weight tensor W with n entries and z = round(r * n) zeros in force:
+- t = (max(W_low) + min(W_high)) / 2, the midpoint between the largest pruned and the smallest kept |w|;
+- m(w) = softmax((t^2, w^2) / tau)[1] = sigmoid((w^2 - t^2) / tau), computed in float32;
+- forward uses m(W) * W. No mask parameters: only W is learned, and pruned weights keep receiving gradient.
+
+Choices where the paper is silent (documented in README):
+- t is recomputed once per optimizer step outside autograd (the gradient does not flow through t), so
+  d(m*w)/dw = m + (2 w^2 / tau) m (1 - m).
+- temperature_mode='relative' sets tau_l = temperature * t_l^2 per layer, which makes the mask shape independent
+  of each layer's weight scale: m = sigmoid((w^2/t^2 - 1) / temperature). 'absolute' uses tau as given.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import MaskMethod, hard_mask_from_scores, remove_buffer
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def pdp_threshold(weight: torch.Tensor, zeros: int) -> torch.Tensor:
+    """Midpoint between the largest pruned and the smallest kept |w| (float32 scalar).
+
+    `zeros` in [1, n]. With zeros == n there is no kept weight and t is the largest |w|.
+
+    >>> float(pdp_threshold(torch.tensor([0.1, -0.4, 0.2, 0.3]), 2))
+    0.25
+    """
+    flat = weight.detach().reshape(-1).abs().float()
+    n = flat.numel()
+    if not 1 <= zeros <= n:
+        raise ValueError(f"zeros must be in [1, {n}], got {zeros}.")
+    largest_pruned = torch.kthvalue(flat, zeros).values
+    if zeros == n:
+        return largest_pruned
+    # The smallest kept value is the (zeros+1)-th smallest; one masked min is cheaper than a second selection.
+    above = torch.where(flat > largest_pruned, flat, torch.full_like(flat, float("inf"))).min()
+    ties_beyond = (flat <= largest_pruned).sum() > zeros
+    smallest_kept = torch.where(ties_beyond, largest_pruned, above)
+    return 0.5 * (largest_pruned + smallest_kept)
+
+
+def pdp_soft_mask(weight: torch.Tensor, threshold: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
+    """m(w) = sigmoid((w^2 - t^2) / tau) in float32, whatever the dtype of `weight` (no overflow for tiny tau)."""
+    w2 = weight.float().square()
+    return torch.sigmoid((w2 - threshold.float().square()) / tau)
+
+
+def relative_tau(threshold: torch.Tensor, temperature: float) -> torch.Tensor:
+    return (temperature * threshold.float().square()).clamp_min(_TINY)
+
+
+class PDPMethod(MaskMethod):
+    name = "pdp"
+
+    def __init__(self, temperature: float, temperature_mode: str = "relative"):
+        self.temperature = float(temperature)
+        self.temperature_mode = temperature_mode
+
+    def init_module(self, module: nn.Linear) -> None:
+        device = module.weight.device
+        module.register_buffer("pdp_threshold", torch.zeros((), device=device), persistent=False)
+        module.register_buffer("pdp_tau", torch.full((), self.temperature, device=device), persistent=False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Linear, zeros: int) -> None:
+        t = pdp_threshold(module.weight, zeros)
+        module.pdp_threshold.copy_(t)
+        if self.temperature_mode == "relative":
+            module.pdp_tau.copy_(relative_tau(t, self.temperature))
+
+    def soft_weight(self, module: nn.Linear) -> torch.Tensor:
+        weight = module.weight
+        # Mask math in float32 even under fp16/bf16 autocast; the matmul that follows is autocast as usual.
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            mask = pdp_soft_mask(weight, module.pdp_threshold, module.pdp_tau)
+            return (weight.float() * mask).to(weight.dtype)
+
+    def eval_weight(self, module: nn.Linear) -> torch.Tensor:
+        # |w| >= t equals the exact top-k mask unless magnitudes tie at the boundary; no selection needed here.
+        keep = module.weight.float().square() >= module.pdp_threshold.square()
+        return module.weight * keep
+
+    @torch.no_grad()
+    def mask_gap(self, module: nn.Linear) -> torch.Tensor:
+        soft = pdp_soft_mask(module.weight, module.pdp_threshold, module.pdp_tau)
+        hard = hard_mask_from_scores(self.scores(module.weight), module.pdp_zeros)
+        return (soft - hard.float()).abs().sum()
+
+    def remove_module(self, module: nn.Linear) -> None:
+        for name in ("pdp_threshold", "pdp_tau"):
+            remove_buffer(module, name)

@@ -1,0 +1,109 @@
+"""`PrunerTrainer`: a `transformers.Trainer` that prunes while it fine-tunes, through public hooks only."""
+
+from __future__ import annotations
+
+import os
+
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import PDPConfig
+from .export import export_pruned
+from .injection import apply_pruning, finalize_pruning, get_pruner
+
+
+class PruningCallback(TrainerCallback):
+    """Resolves the schedule at the start of training and advances it once per optimizer step.
+
+    `on_step_begin` fires once per optimizer step (before its first micro-batch), with `state.global_step` the
+    number of optimizer steps already taken, so gradient accumulation is counted right: the threshold is computed
+    once and reused by all micro-batches of the step.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        get_pruner(self.model).set_total_steps(state.max_steps)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        get_pruner(self.model).step(state.global_step)
+
+
+class PrunerTrainer(Trainer):
+    """`transformers.Trainer` with differentiable pruning: pass `pdp_config=PDPConfig(...)`, the rest is unchanged.
+
+    - masks are applied to the model at construction (`apply_pruning`);
+    - the sparsity schedule advances once per optimizer step; `sparsity`, `temperature` and `mask_gap` are added
+      to the Trainer's logs;
+    - checkpoints keep the dense weights plus the pruning state (`pruning_state.safetensors`), so resuming with
+      `train(resume_from_checkpoint=...)` continues exactly;
+    - at the end of `train()` the masks are hardened and baked in (`finalize_pruning`); `export_pruned(dir)` then
+      writes a checkpoint that loads with plain Transformers.
+
+    Example:
+
+    ```python
+    from pdp_hf import PDPConfig, PrunerTrainer
+
+    trainer = PrunerTrainer(
+        model=model, args=TrainingArguments("out", max_steps=1000), train_dataset=train_ds,
+        processing_class=tokenizer, pdp_config=PDPConfig(target_sparsity=0.9),
+    )
+    trainer.train()
+    trainer.export_pruned("out/sparse-model")
+    ```
+    """
+
+    def __init__(self, model=None, args=None, *trainer_args, pdp_config: PDPConfig | None = None, **kwargs):
+        if pdp_config is None:
+            raise ValueError("PrunerTrainer needs pdp_config=PDPConfig(...); use transformers.Trainer for dense training.")
+        if not isinstance(pdp_config, PDPConfig):
+            raise TypeError(f"pdp_config must be a PDPConfig, got {type(pdp_config).__name__}.")
+        if model is None:
+            raise ValueError("PrunerTrainer needs `model`; `model_init` is not supported (masks are applied once).")
+        existing = get_pruner(model)
+        if existing is None:
+            apply_pruning(model, pdp_config)
+        elif existing.config != pdp_config:
+            raise ValueError("The model already carries masks from another PDPConfig; finalize_pruning it first.")
+        self.pdp_config = pdp_config
+        callbacks = list(kwargs.pop("callbacks", None) or []) + [PruningCallback(model)]
+        super().__init__(model, args, *trainer_args, callbacks=callbacks, **kwargs)
+
+    @property
+    def pruner(self):
+        return get_pruner(self.model)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """As `Trainer.train`, then finalize the masks. Resuming restores the checkpoint's pruning state first."""
+        if self.pruner is None:
+            raise RuntimeError("This PrunerTrainer's model was already finalized; build a new PrunerTrainer to train again.")
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but no checkpoint found in {self.args.output_dir}.")
+        if checkpoint:
+            self.pruner.load_state(checkpoint)
+        output = super().train(checkpoint or None, *args, **kwargs)
+        finalize_pruning(self.model)
+        return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """As `Trainer.save_model`; while masks are live it also writes the pruning state beside the weights."""
+        super().save_model(output_dir, _internal_call)
+        pruner = self.pruner
+        if pruner is not None and self.args.should_save:
+            pruner.save_state(output_dir or self.args.output_dir)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        pruner = self.pruner
+        if pruner is not None and pruner.total_steps is not None:
+            logs = {**logs, **pruner.stats()}
+        super().log(logs, *args, **kwargs)
+
+    def export_pruned(self, output_dir: str, **kwargs) -> str:
+        """`pdp_hf.export_pruned` for this trainer's model, with its tokenizer/processor and PDPConfig."""
+        kwargs.setdefault("pdp_config", self.pdp_config)
+        return export_pruned(self.model, output_dir, self.processing_class, **kwargs)

@@ -1,0 +1,43 @@
+"""pdp-hf report / export on real folders."""
+
+import os
+
+import pytest
+
+from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
+from pdp_hf.cli import main
+from tests.conftest import text_dataset, tiny_bert
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from tests.conftest import training_args
+
+    out = tmp_path_factory.mktemp("cli") / "run"
+    trainer = PrunerTrainer(
+        model=tiny_bert(), args=training_args(out, save_strategy="steps", save_steps=10), train_dataset=text_dataset(),
+        pdp_config=PDPConfig(target_sparsity=0.75, pruning_end=0.5, harden_at=0.5),
+    )
+    trainer.train()
+    return out
+
+
+def test_report_of_mid_training_checkpoint(run_dir, capsys):
+    assert main(["report", str(run_dir / "checkpoint-20")]) == 0
+    out = capsys.readouterr().out
+    assert "| **total** |" in out and "0.7500" in out and "bert.encoder.layer.1.intermediate.dense" in out
+
+
+def test_export_then_report(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir / "checkpoint-20"), str(tmp_path / "exp")]) == 0
+    assert os.path.isfile(tmp_path / "exp" / "model.safetensors")
+    assert main(["report", str(tmp_path / "exp"), "--json"]) == 0
+    assert '"sparsity": 0.75' in capsys.readouterr().out
+
+
+def test_export_refuses_plain_folder(tmp_path):
+    model = tiny_bert()
+    model.save_pretrained(tmp_path / "plain")
+    with pytest.raises(SystemExit, match="not a PrunerTrainer checkpoint"):
+        main(["export", str(tmp_path / "plain"), str(tmp_path / "exp")])
+    assert sparsity_report(model)["total"]["zeros"] == 0

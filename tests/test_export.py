@@ -1,0 +1,111 @@
+"""export_pruned: a plain Transformers folder that loads without pdp_hf and gives the same logits."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from huggingface_hub import EvalResult, ModelCard
+
+from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, export_pruned, finalize_pruning, get_pruner, sparsity_report
+from tests.conftest import image_dataset, text_dataset, tiny_bert, tiny_vit
+
+# Runs in a fresh interpreter where importing pdp_hf is impossible.
+LOADER = textwrap.dedent(
+    """
+    import sys, json
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "pdp_hf" or name.startswith("pdp_hf."):
+                raise ImportError("pdp_hf is blocked in this process")
+    sys.meta_path.insert(0, Block())
+    import torch
+    from transformers import {auto}
+    folder, inputs_path, out_path = sys.argv[1:4]
+    model = {auto}.from_pretrained(folder).eval()
+    inputs = torch.load(inputs_path)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    zeros = {{n: int((m.weight == 0).sum()) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}}
+    torch.save({{"logits": logits, "zeros": zeros, "pdp_loaded": "pdp_hf" in sys.modules}}, out_path)
+    """
+)
+
+
+def load_elsewhere(folder, inputs, auto, tmp_path):
+    inputs_path, out_path = tmp_path / "inputs.pt", tmp_path / "out.pt"
+    torch.save(inputs, inputs_path)
+    script = LOADER.format(auto=auto)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    subprocess.run([sys.executable, "-c", script, str(folder), str(inputs_path), str(out_path)], check=True, env=env, cwd=tmp_path)
+    return torch.load(out_path)
+
+
+@pytest.mark.parametrize(
+    "factory,dataset,inputs,auto",
+    [
+        (tiny_bert, text_dataset, {"input_ids": torch.randint(1, 60, (3, 8))}, "AutoModelForSequenceClassification"),
+        (tiny_vit, image_dataset, {"pixel_values": torch.randn(3, 1, 8, 8)}, "AutoModelForImageClassification"),
+    ],
+)
+def test_export_loads_without_pdp_hf_with_same_logits(factory, dataset, inputs, auto, make_args, tmp_path):
+    model = factory()
+    trainer = PrunerTrainer(model=model, args=make_args(), train_dataset=dataset(), pdp_config=PDPConfig(target_sparsity=0.9))
+    trainer.train()
+    out = trainer.export_pruned(str(tmp_path / "export"))
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+    loaded = load_elsewhere(out, inputs, auto, tmp_path)
+    assert not loaded["pdp_loaded"]
+    torch.testing.assert_close(loaded["logits"], expected, atol=1e-5, rtol=0)
+    report = sparsity_report(model)
+    for name, row in report["modules"].items():
+        assert loaded["zeros"][name] == row["zeros"] == round(0.9 * row["numel"])
+
+
+def test_export_folder_contents_and_card(tmp_path):
+    model = apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5))
+    get_pruner(model).set_total_steps(10)
+    get_pruner(model).step(9)
+    result = EvalResult(
+        task_type="text-classification", dataset_type="nyu-mll/glue", dataset_name="GLUE SST-2",
+        dataset_config="sst2", dataset_split="validation", metric_type="accuracy", metric_value=0.8125,
+    )
+    out = export_pruned(
+        model, tmp_path / "export", base_model="google-bert/bert-base-uncased", dataset="nyu-mll/glue",
+        eval_results=[result], command="python train.py --target_sparsity 0.5",
+    )
+    files = set(os.listdir(out))
+    assert {"model.safetensors", "config.json", "pruning_config.json", "sparsity_report.json", "README.md"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    assert get_pruner(model) is not None  # the model passed in keeps its masks; the export finalized a copy
+    assert PDPConfig.from_pretrained(out).target_sparsity == 0.5
+    report = json.load(open(os.path.join(out, "sparsity_report.json")))
+    assert report["total"]["sparsity"] == 0.5 and "convention" in report
+    card = ModelCard.load(os.path.join(out, "README.md"))
+    assert card.data.base_model == "google-bert/bert-base-uncased"
+    assert card.data.eval_results[0].metric_value == 0.8125
+    text = card.text
+    for needle in ("Sparsity convention", "AutoModelForSequenceClassification", "bert.encoder.layer.1.output.dense",
+                   "PDP, Parameter-free Differentiable Pruning", "python train.py --target_sparsity 0.5"):
+        assert needle in text, needle
+
+
+def test_export_refuses_non_empty_folder_and_keeps_previous(tmp_path):
+    model = finalize_pruning(apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5)))
+    target = tmp_path / "export"
+    export_pruned(model, target)
+    before = (target / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="not empty.*overwrite=True"):
+        export_pruned(model, target)
+    assert (target / "model.safetensors").read_bytes() == before
+    export_pruned(model, target, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging leftovers
+
+
+def test_finalize_without_pruning_refused():
+    with pytest.raises(ValueError, match="no pruning applied"):
+        finalize_pruning(tiny_bert())
