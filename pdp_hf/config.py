@@ -49,7 +49,10 @@ class PDPConfig:
     )
     method: str = field(
         default="pdp",
-        metadata={"help": "Mask method: 'pdp' (Parameter-free Differentiable Pruning)."},
+        metadata={
+            "help": "Mask method: 'pdp' (Parameter-free Differentiable Pruning) or 'magnitude' (gradual magnitude "
+            "pruning, Zhu & Gupta 2017; use sparsity_schedule='cubic' for their schedule)."
+        },
     )
     granularity: str = field(
         default="unstructured",

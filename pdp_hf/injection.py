@@ -250,7 +250,7 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     if get_pruner(model) is not None:
         raise ValueError("Pruning is already applied to this model; call finalize_pruning(model) first.")
     names = find_targets(model, config.target_modules)
-    method = get_method(config.method)(config.temperature, config.temperature_mode)
+    method = get_method(config.method).from_config(config)
     modules: dict[str, PrunedLinear] = {}
     for name in names:
         module = model.get_submodule(name)

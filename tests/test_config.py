@@ -38,7 +38,7 @@ BAD = [
     ({"target_sparsity": -0.1}, "target_sparsity=-0.1", "0 <= target_sparsity < 1"),
     ({"target_sparsity": float("nan")}, "target_sparsity=nan", "finite number"),
     ({"target_sparsity": "0.9"}, "target_sparsity='0.9'", "finite number"),
-    ({"method": "lottery"}, "method='lottery'", "choose one of \\['pdp'\\]"),
+    ({"method": "lottery"}, "method='lottery'", "choose one of \\['pdp', 'magnitude'\\]"),
     ({"granularity": "2:4"}, "granularity='2:4'", "unstructured"),
     ({"sparsity_distribution": "layerwise"}, "sparsity_distribution='layerwise'", "uniform"),
     ({"sparsity_schedule": "exp"}, "sparsity_schedule='exp'", "linear"),

@@ -191,3 +191,28 @@ def test_resume_with_another_config_refused(tmp_path):
 def test_trainer_needs_a_config(make_args):
     with pytest.raises(ValueError, match="pdp_config"):
         PrunerTrainer(model=tiny_bert(), args=make_args())
+
+
+@pytest.mark.parametrize("method", ["pdp", "magnitude"])
+@pytest.mark.parametrize("schedule", ["linear", "cubic"])
+def test_every_method_and_schedule_reaches_exact_target(method, schedule, make_args):
+    model = tiny_bert()
+    config = PDPConfig(target_sparsity=0.85, method=method, sparsity_schedule=schedule, harden_at=None)
+    PrunerTrainer(model=model, args=make_args(), train_dataset=text_dataset(), pdp_config=config).train()
+    for name, row in sparsity_report(model)["modules"].items():
+        assert row["zeros"] == round(0.85 * row["numel"]), name
+
+
+def test_magnitude_masks_smallest_weights_and_blocks_their_gradient():
+    from pdp_hf import apply_pruning
+
+    model = apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.6, method="magnitude", pruning_start=0, pruning_end=4))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(10)
+    pruner.step(2)  # half way: 30% zeros
+    layer = model.bert.encoder.layer[0].intermediate.dense
+    keep = layer.pdp_keep
+    assert int((~keep).sum()) == round(0.5 * round(0.6 * layer.weight.numel()))
+    assert layer.weight.abs()[~keep].max() <= layer.weight.abs()[keep].min()
+    model(input_ids=torch.randint(1, 60, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()
+    assert torch.all(layer.weight.grad[~keep] == 0) and layer.weight.grad[keep].abs().sum() > 0

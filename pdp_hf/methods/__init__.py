@@ -1,10 +1,12 @@
 """Mask methods behind one small interface (`MaskMethod`). A new method is one file plus one line here."""
 
 from .base import MaskMethod
+from .magnitude import MagnitudeMethod
 from .pdp import PDPMethod
 
 METHODS: dict[str, type[MaskMethod]] = {
     "pdp": PDPMethod,
+    "magnitude": MagnitudeMethod,
 }
 
 
@@ -14,4 +16,4 @@ def get_method(name: str) -> type[MaskMethod]:
     return METHODS[name]
 
 
-__all__ = ["MaskMethod", "PDPMethod", "METHODS", "get_method"]
+__all__ = ["MaskMethod", "MagnitudeMethod", "PDPMethod", "METHODS", "get_method"]

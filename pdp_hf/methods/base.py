@@ -38,6 +38,11 @@ class MaskMethod:
 
     name: str = ""
 
+    @classmethod
+    def from_config(cls, config) -> "MaskMethod":
+        """Build the method from a `PDPConfig` (methods read only the fields they need)."""
+        return cls()
+
     def init_module(self, module: nn.Linear) -> None:
         """Attach the method's per-layer buffers (non-persistent: checkpoints keep plain state_dict keys)."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import MaskMethod, hard_mask_from_scores, remove_buffer
+from .base import MaskMethod, remove_buffer
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -61,6 +61,10 @@ class PDPMethod(MaskMethod):
         self.temperature = float(temperature)
         self.temperature_mode = temperature_mode
 
+    @classmethod
+    def from_config(cls, config) -> "PDPMethod":
+        return cls(config.temperature, config.temperature_mode)
+
     def init_module(self, module: nn.Linear) -> None:
         device = module.weight.device
         module.register_buffer("pdp_threshold", torch.zeros((), device=device), persistent=False)
@@ -80,16 +84,18 @@ class PDPMethod(MaskMethod):
             mask = pdp_soft_mask(weight, module.pdp_threshold, module.pdp_tau)
             return (weight.float() * mask).to(weight.dtype)
 
+    @staticmethod
+    def _threshold_keep(module: nn.Linear) -> torch.Tensor:
+        # |w| >= t equals the exact top-k mask unless magnitudes tie at the boundary; no selection needed.
+        return module.weight.float().square() >= module.pdp_threshold.square()
+
     def eval_weight(self, module: nn.Linear) -> torch.Tensor:
-        # |w| >= t equals the exact top-k mask unless magnitudes tie at the boundary; no selection needed here.
-        keep = module.weight.float().square() >= module.pdp_threshold.square()
-        return module.weight * keep
+        return module.weight * self._threshold_keep(module)
 
     @torch.no_grad()
     def mask_gap(self, module: nn.Linear) -> torch.Tensor:
         soft = pdp_soft_mask(module.weight, module.pdp_threshold, module.pdp_tau)
-        hard = hard_mask_from_scores(self.scores(module.weight), module.pdp_zeros)
-        return (soft - hard.float()).abs().sum()
+        return (soft - self._threshold_keep(module).float()).abs().sum()
 
     def remove_module(self, module: nn.Linear) -> None:
         for name in ("pdp_threshold", "pdp_tau"):
