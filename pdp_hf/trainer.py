@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
+import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import PDPConfig
+from .distillation import distillation_loss
 from .export import export_pruned
 from .injection import apply_pruning, finalize_pruning, get_pruner
 
@@ -39,7 +39,9 @@ class PrunerTrainer(Trainer):
     - checkpoints keep the dense weights plus the pruning state (`pruning_state.safetensors`), so resuming with
       `train(resume_from_checkpoint=...)` continues exactly;
     - at the end of `train()` the masks are hardened and baked in (`finalize_pruning`); `export_pruned(dir)` then
-      writes a checkpoint that loads with plain Transformers.
+      writes a checkpoint that loads with plain Transformers;
+    - with `teacher_model=`, the training loss is `distill_alpha * KD + (1 - distill_alpha) * task loss`
+      (`pdp_hf.distillation.distillation_loss`); the teacher is frozen, in eval mode and on the student's device.
 
     Example:
 
@@ -55,7 +57,17 @@ class PrunerTrainer(Trainer):
     ```
     """
 
-    def __init__(self, model=None, args=None, *trainer_args, pdp_config: PDPConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        args=None,
+        *trainer_args,
+        pdp_config: PDPConfig | None = None,
+        teacher_model: torch.nn.Module | None = None,
+        distill_alpha: float = 0.95,
+        distill_temperature: float = 2.0,
+        **kwargs,
+    ):
         if pdp_config is None:
             raise ValueError("PrunerTrainer needs pdp_config=PDPConfig(...); use transformers.Trainer for dense training.")
         if not isinstance(pdp_config, PDPConfig):
@@ -70,6 +82,21 @@ class PrunerTrainer(Trainer):
         self.pdp_config = pdp_config
         callbacks = list(kwargs.pop("callbacks", None) or []) + [PruningCallback(model)]
         super().__init__(model, args, *trainer_args, callbacks=callbacks, **kwargs)
+        self._setup_teacher(teacher_model, distill_alpha, distill_temperature)
+
+    def _setup_teacher(self, teacher, alpha: float, temperature: float) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"distill_alpha={alpha!r} is invalid: it must be in [0, 1] (the KD loss weight).")
+        if not temperature > 0:
+            raise ValueError(f"distill_temperature={temperature!r} is invalid: it must be > 0.")
+        self.teacher_model, self.distill_alpha, self.distill_temperature = teacher, alpha, temperature
+        if teacher is None:
+            return
+        if get_pruner(teacher) is not None:
+            raise ValueError("The teacher carries pruning masks; pass the dense model as teacher_model.")
+        teacher.to(self.args.device).eval().requires_grad_(False)
+        # Both loss terms are per-micro-batch means, so Trainer must divide by the accumulation steps.
+        self.loss_is_scaled_for_ga = False
 
     @property
     def pruner(self):
@@ -96,6 +123,18 @@ class PrunerTrainer(Trainer):
         pruner = self.pruner
         if pruner is not None and self.args.should_save:
             pruner.save_state(output_dir or self.args.output_dir)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Task loss, or with a teacher during training: distill_alpha * KD + (1 - distill_alpha) * task loss."""
+        if self.teacher_model is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        outputs = model(**inputs)
+        with torch.no_grad():
+            teacher_logits = self.teacher_model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        loss = distillation_loss(
+            outputs.logits, teacher_logits, outputs.get("loss"), self.distill_alpha, self.distill_temperature
+        )
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         pruner = self.pruner
