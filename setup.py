@@ -28,9 +28,13 @@ setup(
         "huggingface_hub>=1.0",
         "jinja2>=3.0",
         "numpy",
+        "scipy",  # GLUE metric: Pearson / Spearman
+        "scikit-learn",  # GLUE metric: F1, Matthews correlation
+        "pillow",  # image classification script
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-learn", "scipy"],
+        "plot": ["matplotlib>=3.5"],
+        "test": ["pytest>=8", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["pdp-hf=pdp_hf.cli:main"]},
     classifiers=[

@@ -1,6 +1,6 @@
 """`pdp-hf` command line: inspect sparsity and turn training checkpoints into exports.
 
-    pdp-hf report DIR                 per-layer sparsity of any checkpoint (exported, plain, or mid-training)
+    pdp-hf report DIR [--plot X.png]  per-layer sparsity of any checkpoint (exported, plain, or mid-training)
     pdp-hf export CHECKPOINT OUT      finalize a PrunerTrainer checkpoint into a plain Transformers export
 """
 
@@ -47,6 +47,11 @@ def cmd_report(args) -> int:
     else:
         print(format_report(report))
         print(f"\n{report['convention']}.")
+    if args.plot:
+        from .report import plot_report
+
+        name = os.path.basename(os.path.normpath(args.path))
+        print(f"plot: {plot_report(report, args.plot, title=f'{name}: sparsity by layer and module role')}")
     return 0
 
 
@@ -77,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="per-layer sparsity table of a checkpoint folder")
     report.add_argument("path")
     report.add_argument("--json", action="store_true", help="print the full report as JSON")
+    report.add_argument("--plot", metavar="PNG", default=None, help="also write a PNG plot of sparsity by layer and role")
     report.set_defaults(func=cmd_report)
     export = sub.add_parser("export", help="finalize a training checkpoint into a plain Transformers export")
     export.add_argument("checkpoint")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -74,3 +76,35 @@ def format_report(report: dict) -> str:
     t = report["total"]
     lines.append(f"| **total** | | {t['numel']:,} | {t['zeros']:,} | {t['sparsity']:.4f} |")
     return "\n".join(lines)
+
+
+def plot_report(report: dict, path: str, title: str | None = None) -> str:
+    """PNG of sparsity by layer (x) for each module role (one line per role). Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("Plotting needs matplotlib: pip install 'pdp-hf[plot]'.") from err
+    series: dict[str, list[tuple[int, float]]] = {}
+    for name, row in report["modules"].items():
+        match = re.search(r"\.(\d+)\.", name)
+        layer = int(match.group(1)) if match else 0
+        series.setdefault(row["role"], []).append((layer, 100 * row["sparsity"]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for role, points in sorted(series.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=role)
+    total = 100 * report["total"]["sparsity"]
+    ax.axhline(total, color="gray", linestyle="--", linewidth=1, label=f"all targets: {total:.1f}%")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("sparsity (% zeros)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "Sparsity by layer and module role")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

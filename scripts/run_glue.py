@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
+from pdp_hf.args import parse_script_args
 from pdp_hf.glue import GLUE_TASKS, is_regression, load_glue, num_labels
 from pdp_hf.hub import push_export
 from pdp_hf.metrics import load_glue_metric
@@ -71,10 +72,7 @@ class DataTrainingArguments:
 
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments, PDPConfig))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_script_args(parser, sys.argv[1:] if argv is None else argv)
 
 
 def compute_metrics_fn(task: str):

@@ -25,6 +25,7 @@ from datasets import DatasetDict, load_dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, TrainingArguments, set_seed
 
 from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
+from pdp_hf.args import parse_script_args
 from pdp_hf.hub import push_export
 
 logger = logging.getLogger("run_image_classification")
@@ -77,10 +78,7 @@ def load_images(args: DataArguments, seed: int) -> DatasetDict:
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PDPConfig))
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args, pdp_config = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, training_args, pdp_config = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args, pdp_config = parse_script_args(parser, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     push, hub_model_id = training_args.push_to_hub, training_args.hub_model_id

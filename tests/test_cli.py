@@ -28,6 +28,12 @@ def test_report_of_mid_training_checkpoint(run_dir, capsys):
     assert "| **total** |" in out and "0.7500" in out and "bert.encoder.layer.1.intermediate.dense" in out
 
 
+def test_report_plot_is_a_png(run_dir, tmp_path):
+    png = tmp_path / "sparsity.png"
+    assert main(["report", str(run_dir / "checkpoint-20"), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
 def test_export_then_report(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir / "checkpoint-20"), str(tmp_path / "exp")]) == 0
     assert os.path.isfile(tmp_path / "exp" / "model.safetensors")

@@ -96,6 +96,9 @@ def test_json_config_file(model_dir, glue_dir, tmp_path):
     path.write_text(json.dumps(config))
     summary = load_script().main([str(path)])
     assert summary["sparsity"] == 0.5 and "eval_accuracy" in summary
+    # flags after the file override it
+    overridden = load_script().main([str(path), "--target_sparsity", "0.25", "--output_dir", str(tmp_path / "o")])
+    assert overridden["sparsity"] == 0.25
 
 
 def test_push_uploads_the_export_only(model_dir, glue_dir, tmp_path, monkeypatch):
