@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 from .config import PDPConfig
 from .injection import apply_pruning, finalize_pruning, get_pruner
 from .report import sparsity_report
+from .compressed import load_pruned
 from .export import export_pruned
 from .trainer import PrunerTrainer, PruningCallback
 
@@ -26,5 +27,6 @@ __all__ = [
     "get_pruner",
     "sparsity_report",
     "export_pruned",
+    "load_pruned",
     "__version__",
 ]

@@ -12,6 +12,7 @@ from torch import nn
 
 from .config import PDPConfig
 from .injection import _unwrap, finalize_pruning, get_pruner
+from .compressed import save_compressed
 from .model_card import render_model_card
 from .report import sparsity_report
 
@@ -49,11 +50,15 @@ def export_pruned(
     dataset: str | None = None,
     eval_results: list | None = None,
     command: str | None = None,
+    compressed: bool = False,
 ) -> str:
     """Write a pruned model that loads with plain `AutoModelFor*.from_pretrained(output_dir)`.
 
     The folder holds safetensors weights (zeros baked in), `config.json`, the tokenizer or processor if given,
-    `pruning_config.json`, `sparsity_report.json` and a model card (`README.md`). A model that still carries
+    `pruning_config.json`, `sparsity_report.json` and a model card (`README.md`). With `compressed=True` each
+    pruned matrix is stored as a bitmask plus its nonzero values (`model.pdp-compressed.safetensors`, about 0.13x
+    the dense size at 90% sparsity); such a folder loads with `pdp_hf.load_pruned(dir)`, bit-exactly, and needs
+    pdp_hf. The default (zeros stored) loads anywhere. A model that still carries
     masks is finalized on a copy; the model passed in is left as it is. The export is written to a staging folder
     next to `output_dir` and renamed into place, so an interrupted export never damages a previous one.
 
@@ -77,7 +82,10 @@ def export_pruned(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.staging-", dir=parent)
     try:
-        model.save_pretrained(staging)
+        if compressed:
+            save_compressed(model, staging, list(report["modules"]))
+        else:
+            model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if pdp_config is not None:
@@ -93,6 +101,7 @@ def export_pruned(
             eval_results=eval_results,
             load_path=output_dir,
             command=command,
+            compressed=compressed,
         )
         card.save(os.path.join(staging, "README.md"))
         _move_into_place(staging, output_dir)

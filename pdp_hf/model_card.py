@@ -62,7 +62,7 @@ def render_model_card(
     model_name: str | None = None,
     load_path: str = "path/to/this/folder",
     command: str | None = None,
-    storage: str = "safetensors with the zeros stored explicitly",
+    compressed: bool = False,
     pipeline_tag: str | None = None,
 ) -> ModelCard:
     """Render the card. `eval_results` are `huggingface_hub.EvalResult`s and become `model-index` metadata."""
@@ -94,7 +94,7 @@ def render_model_card(
         num_modules=len(report["modules"]),
         model_parameters=report["model"]["parameters"],
         model_zero_fraction=report["model"]["zeros_in_targets_over_all_parameters"],
-        storage=storage,
+        compressed=compressed,
         auto_class=auto_class_for(architectures),
         load_path=load_path,
         base_model_text=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "not recorded",

@@ -109,3 +109,31 @@ def test_export_refuses_non_empty_folder_and_keeps_previous(tmp_path):
 def test_finalize_without_pruning_refused():
     with pytest.raises(ValueError, match="no pruning applied"):
         finalize_pruning(tiny_bert())
+
+
+def test_compressed_export_round_trip_is_bit_exact_and_small(tmp_path):
+    from safetensors import safe_open
+
+    from pdp_hf import load_pruned
+    from pdp_hf.compressed import COMPRESSED_WEIGHTS_NAME
+
+    model = finalize_pruning(apply_pruning(tiny_bert(seed=3), PDPConfig(target_sparsity=0.9))).eval()
+    out = export_pruned(model, tmp_path / "packed", compressed=True)
+    assert not os.path.exists(os.path.join(out, "model.safetensors"))
+    loaded = load_pruned(out)
+    assert type(loaded) is type(model)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    x = torch.randint(1, 60, (2, 8))
+    assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
+    # size of the pruned matrices: bitmask + values against dense float32
+    report = sparsity_report(model)
+    dense_bytes = 4 * report["total"]["numel"]
+    with safe_open(os.path.join(out, COMPRESSED_WEIGHTS_NAME), framework="pt") as f:
+        packed = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys() if "__pdp_" in k)
+    assert packed / dense_bytes <= 0.14
+    card = open(os.path.join(out, "README.md")).read()
+    assert "compressed" in card and "load_pruned" in card
+    # plain-folder path of load_pruned
+    plain = export_pruned(model, tmp_path / "plain")
+    assert torch.equal(load_pruned(plain)(input_ids=x).logits, model(input_ids=x).logits)
