@@ -98,6 +98,13 @@ class PDPConfig:
             "pruning_start by one magnitude ranking over all targeted weights."
         },
     )
+    threshold_refresh_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Exact threshold selection every this many optimizer steps; between, the threshold is estimated "
+            "from a fixed 65,536-entry sample of each matrix (faster). Hardening and finalize are always exact."
+        },
+    )
     sparsity_schedule: str = field(
         default="linear",
         metadata={"help": "Shape of the ramp from pruning_start to pruning_end: 'linear' or 'cubic' (Zhu & Gupta)."},
@@ -118,6 +125,8 @@ class PDPConfig:
         if not self.temperature > 0:
             raise _invalid("temperature", self.temperature, "it must be a finite number > 0")
         self._check_targets()
+        if isinstance(self.threshold_refresh_steps, bool) or not isinstance(self.threshold_refresh_steps, int) or self.threshold_refresh_steps < 1:
+            raise _invalid("threshold_refresh_steps", self.threshold_refresh_steps, "it must be a whole number >= 1")
         for name in ("pruning_start", "pruning_end", "harden_at"):
             self._check_schedule_point(name, getattr(self, name))
         self._check_order("pruning_start", "pruning_end")

@@ -128,11 +128,14 @@ class Pruner:
             self.harden()
             return
         frac = self.fraction(step)
+        # Between exact refreshes the threshold is a fresh sampled estimate (it never depends on an earlier step,
+        # so a resumed run computes the same values as an uninterrupted one).
+        exact = (step - self.start) % self.config.threshold_refresh_steps == 0
         for name, module in self.modules.items():
             zeros = zeros_at(frac, self.budgets[name]) if self.budgets else 0
             module.pdp_zeros = zeros
             if zeros:
-                self.method.update(module, zeros)
+                self.method.update(module, zeros, exact)
 
     def _compute_budgets(self) -> dict[str, int]:
         target = self.config.target_sparsity

@@ -47,6 +47,8 @@ BAD = [
     ({"temperature_mode": "scaled"}, "temperature_mode='scaled'", "relative"),
     ({"target_modules": []}, "target_modules=\\[\\]", "non-empty list"),
     ({"target_modules": ["query", 3]}, "target_modules=", "non-empty list"),
+    ({"threshold_refresh_steps": 0}, "threshold_refresh_steps=0", "whole number >= 1"),
+    ({"threshold_refresh_steps": 2.5}, "threshold_refresh_steps=2.5", "whole number >= 1"),
     ({"pruning_start": -1}, "pruning_start=-1", "fraction of training"),
     ({"pruning_end": 10.5}, "pruning_end=10.5", "whole optimizer step"),
     ({"pruning_start": 0.5, "pruning_end": 0.2}, "pruning_end=0.2", "must not come before pruning_start"),

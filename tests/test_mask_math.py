@@ -129,3 +129,33 @@ def test_schedule_functions():
     with pytest.raises(ValueError, match="Unknown sparsity schedule"):
         ramp_fraction(3, 0, 10, "exp")
     assert math.isclose(ramp_fraction(1, 0, 3), 1 / 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_masked_weight_matches_autograd_reference(dtype):
+    from pdp_hf.methods.pdp import pdp_masked_weight
+
+    w = (torch.randn(24, 16, generator=torch.Generator().manual_seed(8)) * 0.1).to(dtype).requires_grad_()
+    t = pdp_threshold(w, 250)
+    tau = torch.tensor(2e-3)
+    g = torch.randn(24, 16, generator=torch.Generator().manual_seed(9)).to(dtype)
+    (pdp_masked_weight(w, t, tau) * g).sum().backward()
+    fused_grad = w.grad.clone()
+    w.grad = None
+    ref = (pdp_soft_mask(w, t, tau) * w.float()).to(dtype)  # plain autograd through the same formula
+    (ref * g).sum().backward()
+    torch.testing.assert_close(pdp_masked_weight(w, t, tau), ref)
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    torch.testing.assert_close(fused_grad.float(), w.grad.float(), **tol)
+    assert fused_grad.dtype == dtype
+
+
+def test_sampled_threshold_is_close_and_refresh_is_exact():
+    from pdp_hf.selection import SAMPLE_SIZE, sampled_kth_pair
+
+    w = torch.randn(5 * SAMPLE_SIZE, generator=torch.Generator().manual_seed(11)).abs()
+    k = int(0.9 * w.numel())
+    lo, hi = sampled_kth_pair(w, k)
+    rank = int((w <= lo).sum())
+    assert abs(rank - k) < 6 * (0.09 / SAMPLE_SIZE) ** 0.5 * w.numel()  # within a few standard errors
+    assert lo <= hi

@@ -158,21 +158,28 @@ def test_checkpoints_keep_dense_weights_and_pruning_state(make_args, tmp_path):
     assert PDPConfig.from_pretrained(ckpt) == config
 
 
-def _train_with_checkpoints(output_dir, resume=None):
+def _train_with_checkpoints(output_dir, resume=None, **config_overrides):
     from tests.conftest import training_args
 
     model = tiny_bert(seed=1)
-    config = PDPConfig(target_sparsity=0.8, pruning_start=0.1, pruning_end=0.6, harden_at=0.8)
+    config = PDPConfig(target_sparsity=0.8, pruning_start=0.1, pruning_end=0.6, harden_at=0.8, **config_overrides)
     args = training_args(output_dir, save_strategy="steps", save_steps=6)
     trainer = PrunerTrainer(model=model, args=args, train_dataset=text_dataset(), pdp_config=config)
     trainer.train(resume_from_checkpoint=resume)
     return model
 
 
-@pytest.mark.parametrize("checkpoint", ["checkpoint-6", "checkpoint-18"])  # mid-ramp; after hardening
-def test_resume_reproduces_uninterrupted_run(tmp_path, checkpoint):
-    full = _train_with_checkpoints(tmp_path / "full")
-    resumed = _train_with_checkpoints(tmp_path / "resumed", resume=str(tmp_path / "full" / checkpoint))
+@pytest.mark.parametrize(
+    "checkpoint,overrides",
+    [
+        ("checkpoint-6", {}),  # mid-ramp
+        ("checkpoint-18", {}),  # after hardening
+        ("checkpoint-6", {"threshold_refresh_steps": 4, "sparsity_distribution": "global"}),
+    ],
+)
+def test_resume_reproduces_uninterrupted_run(tmp_path, checkpoint, overrides):
+    full = _train_with_checkpoints(tmp_path / "full", **overrides)
+    resumed = _train_with_checkpoints(tmp_path / "resumed", resume=str(tmp_path / "full" / checkpoint), **overrides)
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert sparsity_report(resumed)["total"]["zeros"] == sparsity_report(full)["total"]["zeros"]
@@ -195,9 +202,12 @@ def test_trainer_needs_a_config(make_args):
 
 @pytest.mark.parametrize("method", ["pdp", "magnitude"])
 @pytest.mark.parametrize("schedule", ["linear", "cubic"])
-def test_every_method_and_schedule_reaches_exact_target(method, schedule, make_args):
+@pytest.mark.parametrize("refresh", [1, 4])
+def test_every_method_and_schedule_reaches_exact_target(method, schedule, refresh, make_args):
     model = tiny_bert()
-    config = PDPConfig(target_sparsity=0.85, method=method, sparsity_schedule=schedule, harden_at=None)
+    config = PDPConfig(
+        target_sparsity=0.85, method=method, sparsity_schedule=schedule, harden_at=None, threshold_refresh_steps=refresh
+    )
     PrunerTrainer(model=model, args=make_args(), train_dataset=text_dataset(), pdp_config=config).train()
     for name, row in sparsity_report(model)["modules"].items():
         assert row["zeros"] == round(0.85 * row["numel"]), name

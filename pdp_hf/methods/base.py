@@ -46,7 +46,8 @@ class MaskMethod:
     def init_module(self, module: nn.Linear) -> None:
         """Attach the method's per-layer buffers (non-persistent: checkpoints keep plain state_dict keys)."""
 
-    def update(self, module: nn.Linear, zeros: int) -> None:
+    def update(self, module: nn.Linear, zeros: int, exact: bool = True) -> None:
+        """Recompute the layer's mask state for `zeros` zeros; `exact=False` allows a cheaper estimate."""
         raise NotImplementedError
 
     def soft_weight(self, module: nn.Linear) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..selection import kth_smallest_pair
 from .base import MaskMethod, remove_buffer
 
 
@@ -21,10 +22,10 @@ class MagnitudeMethod(MaskMethod):
         module.register_buffer("pdp_keep", None, persistent=False)
 
     @torch.no_grad()
-    def update(self, module: nn.Linear, zeros: int) -> None:
+    def update(self, module: nn.Linear, zeros: int, exact: bool = True) -> None:
         # kthvalue + compare is an exact top-k unless magnitudes tie at the cut; hardening uses the exact mask.
         scores = self.scores(module.weight).float()
-        cut = torch.kthvalue(scores.reshape(-1), zeros).values
+        cut, _ = kth_smallest_pair(scores.reshape(-1), zeros)
         module.pdp_keep = scores > cut
 
     def soft_weight(self, module: nn.Linear) -> torch.Tensor:

@@ -17,30 +17,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..selection import kth_smallest_pair, sampled_kth_pair
 from .base import MaskMethod, remove_buffer
 
 _TINY = torch.finfo(torch.float32).tiny
 
 
-def pdp_threshold(weight: torch.Tensor, zeros: int) -> torch.Tensor:
+def pdp_threshold(weight: torch.Tensor, zeros: int, exact: bool = True) -> torch.Tensor:
     """Midpoint between the largest pruned and the smallest kept |w| (float32 scalar).
 
-    `zeros` in [1, n]. With zeros == n there is no kept weight and t is the largest |w|.
+    `zeros` in [1, n]. With zeros == n there is no kept weight and t is the largest |w|. `exact=False` estimates
+    both values from a fixed sample of 65,536 entries (see `pdp_hf.selection.sampled_kth_pair`).
 
     >>> float(pdp_threshold(torch.tensor([0.1, -0.4, 0.2, 0.3]), 2))
     0.25
     """
     flat = weight.detach().reshape(-1).abs().float()
-    n = flat.numel()
-    if not 1 <= zeros <= n:
-        raise ValueError(f"zeros must be in [1, {n}], got {zeros}.")
-    largest_pruned = torch.kthvalue(flat, zeros).values
-    if zeros == n:
+    if not 1 <= zeros <= flat.numel():
+        raise ValueError(f"zeros must be in [1, {flat.numel()}], got {zeros}.")
+    select = kth_smallest_pair if exact else sampled_kth_pair
+    largest_pruned, smallest_kept = select(flat, zeros)
+    if smallest_kept is None:
         return largest_pruned
-    # The smallest kept value is the (zeros+1)-th smallest; one masked min is cheaper than a second selection.
-    above = torch.where(flat > largest_pruned, flat, torch.full_like(flat, float("inf"))).min()
-    ties_beyond = (flat <= largest_pruned).sum() > zeros
-    smallest_kept = torch.where(ties_beyond, largest_pruned, above)
     return 0.5 * (largest_pruned + smallest_kept)
 
 
@@ -48,6 +46,38 @@ def pdp_soft_mask(weight: torch.Tensor, threshold: torch.Tensor, tau: torch.Tens
     """m(w) = sigmoid((w^2 - t^2) / tau) in float32, whatever the dtype of `weight` (no overflow for tiny tau)."""
     w2 = weight.float().square()
     return torch.sigmoid((w2 - threshold.float().square()) / tau)
+
+
+class _PDPMaskedWeight(torch.autograd.Function):
+    """w * sigmoid((w^2 - t^2)/tau) with t and tau constants, in float32.
+
+    Saves only w for backward and recomputes m there, so training holds no per-weight mask tensors (autograd's
+    version would keep w^2, m and more for every targeted matrix). Backward: d(m w)/dw = m (1 + (2 w^2/tau)(1 - m)).
+    """
+
+    @staticmethod
+    def forward(ctx, weight, t2, tau):
+        ctx.save_for_backward(weight, t2, tau)
+        w = weight.float()
+        mask = torch.mul(w, w).sub_(t2).div_(tau).sigmoid_()
+        return mask.mul_(w).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, t2, tau = ctx.saved_tensors
+        w = weight.float()
+        w2 = torch.mul(w, w)
+        mask = torch.sub(w2, t2).div_(tau).sigmoid_()
+        # m (1 + (2 w^2 / tau)(1 - m)), built in place on w2
+        factor = w2.mul_(2.0 / tau).mul_(1.0 - mask).add_(1.0).mul_(mask)
+        return factor.mul_(grad_out.float()).to(weight.dtype), None, None
+
+
+def pdp_masked_weight(weight: torch.Tensor, threshold: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """m(W) * W with the mask in float32 (autocast off) and the gradient of the paper's formula (t, tau fixed)."""
+    with torch.autocast(device_type=weight.device.type, enabled=False):
+        t2 = threshold.float().square()
+        return _PDPMaskedWeight.apply(weight, t2, tau.float())
 
 
 def relative_tau(threshold: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -71,18 +101,15 @@ class PDPMethod(MaskMethod):
         module.register_buffer("pdp_tau", torch.full((), self.temperature, device=device), persistent=False)
 
     @torch.no_grad()
-    def update(self, module: nn.Linear, zeros: int) -> None:
-        t = pdp_threshold(module.weight, zeros)
+    def update(self, module: nn.Linear, zeros: int, exact: bool = True) -> None:
+        t = pdp_threshold(module.weight, zeros, exact)
         module.pdp_threshold.copy_(t)
         if self.temperature_mode == "relative":
             module.pdp_tau.copy_(relative_tau(t, self.temperature))
 
     def soft_weight(self, module: nn.Linear) -> torch.Tensor:
-        weight = module.weight
         # Mask math in float32 even under fp16/bf16 autocast; the matmul that follows is autocast as usual.
-        with torch.autocast(device_type=weight.device.type, enabled=False):
-            mask = pdp_soft_mask(weight, module.pdp_threshold, module.pdp_tau)
-            return (weight.float() * mask).to(weight.dtype)
+        return pdp_masked_weight(module.weight, module.pdp_threshold, module.pdp_tau)
 
     @staticmethod
     def _threshold_keep(module: nn.Linear) -> torch.Tensor:
