@@ -131,6 +131,8 @@ class Pruner:
         # Between exact refreshes the threshold is a fresh sampled estimate (it never depends on an earlier step,
         # so a resumed run computes the same values as an uninterrupted one).
         exact = (step - self.start) % self.config.threshold_refresh_steps == 0
+        if exact:
+            self.check_finite(f"optimizer step {step}")
         for name, module in self.modules.items():
             zeros = zeros_at(frac, self.budgets[name]) if self.budgets else 0
             module.pdp_zeros = zeros
@@ -144,8 +146,22 @@ class Pruner:
         return global_budgets({n: self.method.scores(m.weight) for n, m in self.modules.items()}, target)
 
     @torch.no_grad()
+    def non_finite_modules(self) -> list[str]:
+        return [name for name, m in self.modules.items() if not bool(torch.isfinite(m.weight).all())]
+
+    def check_finite(self, when: str) -> None:
+        """Raise FloatingPointError naming every targeted module whose weight holds NaN or Inf."""
+        bad = self.non_finite_modules()
+        if bad:
+            raise FloatingPointError(
+                f"NaN/Inf in the weight of {bad} at {when}; pruning cannot rank such weights. Lower the learning "
+                "rate, enable gradient clipping (max_grad_norm), or use bf16 instead of fp16."
+            )
+
+    @torch.no_grad()
     def harden(self) -> None:
         """Fix every mask to exactly its final budget of zeros; training may continue with fixed masks."""
+        self.check_finite("hardening")
         if self.budgets is None:
             self.budgets = self._compute_budgets()
         for name, module in self.modules.items():

@@ -82,7 +82,24 @@ class PrunerTrainer(Trainer):
         self.pdp_config = pdp_config
         callbacks = list(kwargs.pop("callbacks", None) or []) + [PruningCallback(model)]
         super().__init__(model, args, *trainer_args, callbacks=callbacks, **kwargs)
+        self._refuse_sharded_weights()
         self._setup_teacher(teacher_model, distill_alpha, distill_temperature)
+
+    def _refuse_sharded_weights(self) -> None:
+        """FSDP and DeepSpeed ZeRO-3 give each rank a shard of every weight; thresholds computed on a shard would
+        prune the wrong weights, so these setups are refused rather than silently mis-pruned."""
+        setup = None
+        if getattr(self, "is_fsdp_enabled", False):
+            setup = "FSDP"
+        elif getattr(self, "is_deepspeed_enabled", False):
+            plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+            if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+                setup = "DeepSpeed ZeRO stage 3"
+        if setup:
+            raise NotImplementedError(
+                f"PrunerTrainer does not support {setup}: it shards the weights, and pruning thresholds must come "
+                "from full matrices. Use DDP (torchrun / accelerate launch without FSDP) or DeepSpeed ZeRO stage 1-2."
+            )
 
     def _setup_teacher(self, teacher, alpha: float, temperature: float) -> None:
         if not 0.0 <= alpha <= 1.0:
@@ -127,14 +144,27 @@ class PrunerTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Task loss, or with a teacher during training: distill_alpha * KD + (1 - distill_alpha) * task loss."""
         if self.teacher_model is None or not model.training:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        outputs = model(**inputs)
-        with torch.no_grad():
-            teacher_logits = self.teacher_model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        loss = distillation_loss(
-            outputs.logits, teacher_logits, outputs.get("loss"), self.distill_alpha, self.distill_temperature
-        )
+            result = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            loss, outputs = result
+        else:
+            outputs = model(**inputs)
+            with torch.no_grad():
+                teacher_logits = self.teacher_model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            loss = distillation_loss(
+                outputs.logits, teacher_logits, outputs.get("loss"), self.distill_alpha, self.distill_temperature
+            )
+        if model.training and not bool(torch.isfinite(loss.detach()).all()):
+            self._raise_non_finite_loss(loss)
         return (loss, outputs) if return_outputs else loss
+
+    def _raise_non_finite_loss(self, loss) -> None:
+        pruner = self.pruner
+        bad = pruner.non_finite_modules() if pruner is not None else []
+        where = f"NaN/Inf weights in {bad}" if bad else "all targeted weights are finite (check the inputs and labels)"
+        raise FloatingPointError(
+            f"Training loss is {loss.detach().float().item()} at optimizer step {self.state.global_step}; {where}. "
+            "Lower the learning rate, enable gradient clipping (max_grad_norm), or use bf16 instead of fp16."
+        )
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         pruner = self.pruner

@@ -1,0 +1,55 @@
+"""Worker for tests/test_distributed.py: PrunerTrainer under torchrun (gloo, CPU) or in a single process.
+
+    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH
+    python tests/ddp_worker.py OUT_DIR GLOBAL_BATCH            # the single-process reference
+
+Writes OUT_DIR/rank{R}.safetensors: the final (finalized) weights, and the hard masks seen at hardening.
+"""
+
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertForSequenceClassification, TrainerCallback, TrainingArguments
+
+from pdp_hf import PDPConfig, PrunerTrainer, get_pruner
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import text_dataset  # noqa: E402
+
+
+def main(out_dir: str, batch: int) -> None:
+    torch.set_num_threads(1)
+    rank = int(os.environ.get("RANK", 0))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    model = BertForSequenceClassification(config)
+    masks = {}
+
+    class GrabMasks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            pruner = get_pruner(model)
+            if pruner.hardened and not masks:
+                masks.update({f"hard_mask.{n}": m.pdp_hard_mask.clone() for n, m in pruner.modules.items()})
+
+    args = TrainingArguments(
+        output_dir=os.path.join(out_dir, "run"), max_steps=16, per_device_train_batch_size=batch, learning_rate=1e-3,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
+        dataloader_num_workers=0, logging_steps=100,
+    )
+    trainer = PrunerTrainer(
+        model=model, args=args, train_dataset=text_dataset(128), callbacks=[GrabMasks()],
+        pdp_config=PDPConfig(target_sparsity=0.8, pruning_start=0.1, pruning_end=0.5, harden_at=0.75),
+    )
+    trainer.train()
+    tensors = {f"final.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    save_file({**tensors, **masks}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,65 @@
+"""Bad input and numerical trouble: each case fails with a clear error that names what is wrong."""
+
+import pytest
+import torch
+
+from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, get_pruner
+from tests.conftest import text_dataset, tiny_bert
+
+TARGET = "bert.encoder.layer.1.intermediate.dense"
+
+
+def test_nan_weight_named_at_threshold_update():
+    model = apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=4))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(10)
+    with torch.no_grad():
+        model.get_submodule(TARGET).weight[3, 4] = float("nan")
+    with pytest.raises(FloatingPointError, match=f"NaN/Inf in the weight of \\['{TARGET}'\\] at optimizer step 2"):
+        pruner.step(2)
+
+
+def test_inf_weight_named_at_hardening():
+    model = apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5))
+    pruner = get_pruner(model)
+    with torch.no_grad():
+        model.get_submodule(TARGET).weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=f"{TARGET}.*hardening"):
+        pruner.harden()
+
+
+def test_non_finite_loss_names_the_bad_module(make_args):
+    model = tiny_bert()
+    with torch.no_grad():
+        model.get_submodule(TARGET).weight.fill_(float("nan"))
+    # step 0 is not an exact-refresh step here (start = 2, every 7), so the loss check is what fires
+    config = PDPConfig(threshold_refresh_steps=7)
+    trainer = PrunerTrainer(model=model, args=make_args(), train_dataset=text_dataset(), pdp_config=config)
+    with pytest.raises(FloatingPointError, match=f"Training loss is nan at optimizer step 0; NaN/Inf weights in \\['{TARGET}'\\]"):
+        trainer.train()
+
+
+def test_non_finite_loss_with_finite_targets_says_so(make_args):
+    model = tiny_bert()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("inf"))  # not a pruning target
+    trainer = PrunerTrainer(model=model, args=make_args(), train_dataset=text_dataset(), pdp_config=PDPConfig())
+    with pytest.raises(FloatingPointError, match="all targeted weights are finite"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("setup", ["fsdp", "zero3"])
+def test_sharded_weights_refused(setup, make_args):
+    from types import SimpleNamespace
+
+    trainer = PrunerTrainer(model=tiny_bert(), args=make_args(), train_dataset=text_dataset(), pdp_config=PDPConfig())
+    # What Trainer records for these setups (they cannot be launched on a CPU-only test machine).
+    if setup == "fsdp":
+        trainer.is_fsdp_enabled = True
+        match = "does not support FSDP"
+    else:
+        trainer.is_deepspeed_enabled = True
+        trainer.accelerator = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+        match = "does not support DeepSpeed ZeRO stage 3"
+    with pytest.raises(NotImplementedError, match=match):
+        trainer._refuse_sharded_weights()
