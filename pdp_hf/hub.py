@@ -7,6 +7,17 @@ import logging
 logger = logging.getLogger(__name__)
 
 
+def take_over_push(training_args) -> str | None:
+    """Validate `--push_to_hub` before training and turn off Trainer's own pushing (it would upload training
+    checkpoints with dense weights); returns the repository to push the finished export to, or None."""
+    if not training_args.push_to_hub:
+        return None
+    if not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (the repository to create or update).")
+    training_args.push_to_hub = False
+    return training_args.hub_model_id
+
+
 def push_export(export_dir: str, repo_id: str, token: str | None = None, private: bool | None = None) -> str:
     """Create `repo_id` if needed and upload the finished export folder; returns the commit URL.
 

@@ -33,7 +33,7 @@ from transformers import (
 from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
 from pdp_hf.args import parse_script_args
 from pdp_hf.glue import GLUE_TASKS, is_regression, load_glue, num_labels
-from pdp_hf.hub import push_export
+from pdp_hf.hub import push_export, take_over_push
 from pdp_hf.metrics import load_glue_metric
 
 logger = logging.getLogger("run_glue")
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     task = data_args.task_name
 
     # Pushing happens once, from the finished export: never a checkpoint with dense weights.
-    push, hub_model_id = training_args.push_to_hub, training_args.hub_model_id
-    training_args.push_to_hub = False
+    hub_model_id = take_over_push(training_args)
 
     # 1. Data: the task's splits, tokenized (dynamic padding in the collator).
     raw = load_glue(task, data_args.glue_dir)
@@ -169,9 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         "export": export_dir,
     }
     print("run_glue: " + json.dumps(summary))
-    if push:
-        if not hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (the repository to create or update).")
+    if hub_model_id:
         print(f"run_glue: pushed {push_export(export_dir, hub_model_id, training_args.hub_token)}")
     return summary
 

@@ -26,7 +26,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Hf
 
 from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
 from pdp_hf.args import parse_script_args
-from pdp_hf.hub import push_export
+from pdp_hf.hub import push_export, take_over_push
 
 logger = logging.getLogger("run_image_classification")
 
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, pdp_config = parse_script_args(parser, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
-    push, hub_model_id = training_args.push_to_hub, training_args.hub_model_id
-    training_args.push_to_hub = False  # only the finished export is pushed
+    hub_model_id = take_over_push(training_args)  # only the finished export is pushed
     training_args.remove_unused_columns = False  # the image column is turned into pixel_values on the fly
 
     # 1. Data and labels.
@@ -156,9 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "export": export_dir,
     }
     print("run_image_classification: " + json.dumps(summary))
-    if push:
-        if not hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (the repository to create or update).")
+    if hub_model_id:
         print(f"run_image_classification: pushed {push_export(export_dir, hub_model_id, training_args.hub_token)}")
     return summary
 

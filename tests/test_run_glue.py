@@ -125,6 +125,12 @@ def test_push_uploads_the_export_only(model_dir, glue_dir, tmp_path, monkeypatch
     assert not any(f.startswith("checkpoint") or f == "pruning_state.safetensors" for f in uploaded)
 
 
+def test_push_without_repo_id_fails_before_training(model_dir, glue_dir, tmp_path):
+    with pytest.raises(ValueError, match="--push_to_hub needs --hub_model_id"):
+        load_script().main(args_for("sst2", model_dir, glue_dir, tmp_path / "norepo", "--push_to_hub"))
+    assert not (tmp_path / "norepo" / "export").exists()
+
+
 def test_push_offline_fails_clearly_after_complete_export(model_dir, glue_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "offline"
