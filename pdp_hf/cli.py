@@ -15,25 +15,24 @@ from .config import PRUNING_CONFIG_NAME, PDPConfig
 from .injection import STATE_NAME
 
 
-def _load_model(path: str):
-    from transformers import AutoConfig, AutoModel
-    import transformers
-
-    config = AutoConfig.from_pretrained(path)
-    architectures = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, architectures[0], None) if architectures else None
-    return (cls or AutoModel).from_pretrained(path)
-
-
 def _load_pruning(path: str):
     """The model of a folder; a mid-training checkpoint gets its masks and pruning state back."""
+    from .compressed import load_pruned
     from .injection import apply_pruning, get_pruner
 
-    model = _load_model(path)
+    model = load_pruned(path)
     config = PDPConfig.from_pretrained(path) if os.path.isfile(os.path.join(path, PRUNING_CONFIG_NAME)) else None
     if config is not None and os.path.isfile(os.path.join(path, STATE_NAME)):
         apply_pruning(model, config)
-        get_pruner(model).load_state(path)
+        pruner = get_pruner(model)
+        pruner.load_state(path)
+        trainer_state = os.path.join(path, "trainer_state.json")
+        if not pruner.hardened and os.path.isfile(trainer_state):
+            # where the schedule stood: the zeros in force for the checkpoint's next optimizer step
+            with open(trainer_state, encoding="utf-8") as f:
+                state = json.load(f)
+            pruner.set_total_steps(state["max_steps"])
+            pruner.step(state["global_step"])
     return model, config
 
 

@@ -157,8 +157,10 @@ class PDPConfig:
         if value is None and name == "harden_at":
             return
         self._check_number(name, value)
-        if value < 0 or (value >= 1 and value != int(value)):
-            raise _invalid(name, value, "use a fraction of training in [0, 1) or a whole optimizer step >= 1")
+        if value == 1:
+            raise _invalid(name, value, "1 is ambiguous (step 1, or the end of training?): write 0.99 for a fraction or 2+ for a step")
+        if value < 0 or (value > 1 and value != int(value)):
+            raise _invalid(name, value, "use a fraction of training in [0, 1) or a whole optimizer step >= 2")
 
     def _check_order(self, first: str, second: str) -> None:
         a, b = getattr(self, first), getattr(self, second)

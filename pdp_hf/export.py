@@ -22,6 +22,11 @@ REPORT_NAME = "sparsity_report.json"
 def _check_destination(output_dir: str, overwrite: bool) -> None:
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NotADirectoryError(f"Export destination {output_dir} exists and is not a folder.")
+    if os.path.isdir(output_dir) and any(e.startswith("checkpoint-") or e == "trainer_state.json" for e in os.listdir(output_dir)):
+        raise FileExistsError(
+            f"Export destination {output_dir} holds training checkpoints; exporting there would delete them. "
+            "Export into a folder of its own, e.g. os.path.join(output_dir, 'export')."
+        )
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise FileExistsError(
             f"Export destination {output_dir} is not empty. Pass overwrite=True to replace it, or choose another folder."

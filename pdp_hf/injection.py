@@ -82,7 +82,6 @@ class Pruner:
         self.total_steps: int | None = None
         self.budgets: dict[str, int] | None = None  # final zeros per layer, fixed at pruning start
         self.hardened = False
-        self.current_step: int | None = None
 
     # -- schedule -------------------------------------------------------------------------------------------------
     def set_total_steps(self, total_steps: int) -> None:
@@ -119,7 +118,6 @@ class Pruner:
         """Bring every layer to the sparsity of optimizer step `step` (0-based, the step about to run)."""
         if self.total_steps is None:
             raise RuntimeError("Call Pruner.set_total_steps(n) before Pruner.step(); PrunerTrainer does it for you.")
-        self.current_step = step
         if self.hardened:
             return
         if step >= self.start and self.budgets is None:
@@ -230,6 +228,8 @@ class Pruner:
                 if self.hardened:
                     module.pdp_hard_mask = f.get_tensor(f"mask.{name}").to(module.weight.device)
                     module.pdp_zeros = self.budgets[name]
+                else:  # nothing from an earlier run in this process may survive
+                    module.pdp_hard_mask, module.pdp_zeros = None, 0
 
 
 def global_budgets(scores: dict[str, torch.Tensor], target: float) -> dict[str, int]:
@@ -298,7 +298,7 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
     if not pruner.hardened:
         pruner.harden()
     for module in pruner.modules.values():
-        module.weight.mul_(module.pdp_hard_mask.to(module.weight.dtype))
+        module.weight.masked_fill_(~module.pdp_hard_mask, 0.0)  # +0.0, not the -0.0 a multiply gives
         pruner.method.remove_module(module)
         remove_buffer(module, "pdp_hard_mask")
         for attr in ("pdp_method", "pdp_zeros"):

@@ -89,6 +89,12 @@ def find_targets(model: nn.Module, target_modules: list[str] | None) -> list[str
                 f"suffixes or one regex. The model's Linear layers: {_preview(linears)}."
             )
         matched = [n for n in linears if role_of(model_type, n) != "other"]
+        subclassed = sorted({type(modules[n]).__name__ for n in matched if type(modules[n]) is not nn.Linear})
+        if subclassed:
+            raise ValueError(
+                f"The default targets of this model are {subclassed}, not plain nn.Linear (a quantized model?). "
+                "pdp_hf prunes full-precision nn.Linear weights; load the model unquantized."
+            )
         if not matched:
             raise ValueError(
                 f"The default targets for model_type={model_type!r} matched no Linear layer in this model "
@@ -101,12 +107,13 @@ def find_targets(model: nn.Module, target_modules: list[str] | None) -> list[str
         raise ValueError(
             f"target_modules={target_modules!r} matched no module. The model's Linear layers: {_preview(linears)}."
         )
-    non_linear = [n for n in matched if not isinstance(modules[n], nn.Linear)]
+    non_linear = [n for n in matched if type(modules[n]) is not nn.Linear]
     if non_linear:
         kinds = sorted({type(modules[n]).__name__ for n in non_linear})
         raise ValueError(
-            f"target_modules={target_modules!r} matched modules that are not nn.Linear ({kinds}): "
-            f"{_preview(non_linear)}. Only Linear layers can be pruned; narrow the patterns. "
+            f"target_modules={target_modules!r} matched modules that are not plain nn.Linear ({kinds}): "
+            f"{_preview(non_linear)}. Only nn.Linear layers can be pruned (not quantized or other subclasses); "
+            "narrow the patterns. "
             f"The model's Linear layers: {_preview(linears)}."
         )
     return matched

@@ -82,6 +82,12 @@ class PrunerTrainer(Trainer):
         self.pdp_config = pdp_config
         callbacks = list(kwargs.pop("callbacks", None) or []) + [PruningCallback(model)]
         super().__init__(model, args, *trainer_args, callbacks=callbacks, **kwargs)
+        if self.args.load_best_model_at_end:
+            raise ValueError(
+                "PrunerTrainer does not support load_best_model_at_end=True: the best checkpoint is usually from "
+                "before the target sparsity, and its weights would get the last step's masks. Evaluate the final "
+                "(pruned) model instead, or export a chosen checkpoint with `pdp-hf export CHECKPOINT OUT`."
+            )
         self._refuse_sharded_weights()
         self._setup_teacher(teacher_model, distill_alpha, distill_temperature)
 

@@ -34,6 +34,21 @@ def test_report_plot_is_a_png(run_dir, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_report_of_mid_ramp_checkpoint_shows_its_schedule_position(tmp_path, capsys):
+    from tests.conftest import training_args
+
+    out = tmp_path / "ramp"
+    PrunerTrainer(
+        model=tiny_bert(), args=training_args(out, save_strategy="steps", save_steps=6), train_dataset=text_dataset(),
+        pdp_config=PDPConfig(target_sparsity=0.8, pruning_start=2, pruning_end=12, harden_at=16),
+    ).train()
+    assert main(["report", str(out / "checkpoint-6"), "--json"]) == 0
+    import json
+
+    sparsity = json.loads(capsys.readouterr().out)["total"]["sparsity"]
+    assert sparsity == pytest.approx(0.8 * (6 - 2) / (12 - 2), abs=1e-3)  # the ramp at step 6, not 0 or 0.8
+
+
 def test_export_then_report(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir / "checkpoint-20"), str(tmp_path / "exp")]) == 0
     assert os.path.isfile(tmp_path / "exp" / "model.safetensors")

@@ -51,6 +51,7 @@ BAD = [
     ({"threshold_refresh_steps": 2.5}, "threshold_refresh_steps=2.5", "whole number >= 1"),
     ({"pruning_start": -1}, "pruning_start=-1", "fraction of training"),
     ({"pruning_end": 10.5}, "pruning_end=10.5", "whole optimizer step"),
+    ({"pruning_end": 1.0}, "pruning_end=1.0", "1 is ambiguous"),
     ({"pruning_start": 0.5, "pruning_end": 0.2}, "pruning_end=0.2", "must not come before pruning_start"),
     ({"pruning_start": 100, "pruning_end": 50}, "pruning_end=50", "must not come before pruning_start"),
     ({"pruning_end": 0.6, "harden_at": 0.5}, "harden_at=0.5", "must not come before pruning_end"),

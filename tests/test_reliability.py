@@ -63,3 +63,54 @@ def test_sharded_weights_refused(setup, make_args):
         match = "does not support DeepSpeed ZeRO stage 3"
     with pytest.raises(NotImplementedError, match=match):
         trainer._refuse_sharded_weights()
+
+
+def test_load_best_model_at_end_refused(make_args):
+    args = make_args(eval_strategy="steps", save_strategy="steps", eval_steps=5, save_steps=5, load_best_model_at_end=True)
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        PrunerTrainer(model=tiny_bert(), args=args, train_dataset=text_dataset(), eval_dataset=text_dataset(8), pdp_config=PDPConfig())
+
+
+def test_thresholds_stay_float32_after_half():
+    model = apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=2)).half()
+    pruner = get_pruner(model)
+    pruner.set_total_steps(4)
+    pruner.step(1)
+    layer = model.get_submodule(TARGET)
+    assert layer.pdp_threshold.dtype == layer.pdp_tau.dtype == torch.float32 and float(layer.pdp_tau) > 0
+
+
+def test_zero_threshold_gives_finite_gradient():
+    from pdp_hf.methods.pdp import pdp_masked_weight, pdp_threshold, relative_tau
+
+    # 3 exact zeros (a re-pruned sparse model) and 2 to prune: both neighbours of the cut are 0, so t = 0
+    w = torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0, 3.0], requires_grad=True)
+    t = pdp_threshold(w, 2)
+    assert float(t) == 0.0
+    pdp_masked_weight(w, t, relative_tau(t, 0.05)).sum().backward()
+    assert torch.isfinite(w.grad).all()
+    assert w.grad[3:].tolist() == [1.0, 1.0, 1.0]  # kept weights pass their gradient through
+
+
+def test_quantized_or_subclassed_linear_refused():
+    from torch import nn
+
+    class Int8Linear(nn.Linear):
+        pass
+
+    model = tiny_bert()
+    model.bert.encoder.layer[0].intermediate.dense.__class__ = Int8Linear
+    with pytest.raises(ValueError, match="Int8Linear.*not plain nn.Linear"):
+        apply_pruning(model, PDPConfig())
+    with pytest.raises(ValueError, match="not plain nn.Linear"):
+        apply_pruning(model, PDPConfig(target_modules=["intermediate.dense"]))
+
+
+def test_export_never_deletes_training_checkpoints(tmp_path):
+    from pdp_hf import export_pruned, finalize_pruning
+
+    (tmp_path / "run" / "checkpoint-10").mkdir(parents=True)
+    model = finalize_pruning(apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5)))
+    with pytest.raises(FileExistsError, match="holds training checkpoints"):
+        export_pruned(model, tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / "checkpoint-10").is_dir()

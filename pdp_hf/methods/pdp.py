@@ -68,8 +68,10 @@ class _PDPMaskedWeight(torch.autograd.Function):
         w = weight.float()
         w2 = torch.mul(w, w)
         mask = torch.sub(w2, t2).div_(tau).sigmoid_()
-        # m (1 + (2 w^2 / tau)(1 - m)), built in place on w2
-        factor = w2.mul_(2.0 / tau).mul_(1.0 - mask).add_(1.0).mul_(mask)
+        # m (1 + (2 w^2 / tau)(1 - m)), built in place on w2. Where m saturates to exactly 1 the second term is 0
+        # (its limit); computing it there could give inf * 0 = NaN when tau is tiny.
+        boost = w2.mul_(2.0 / tau).mul_(1.0 - mask).masked_fill_(mask == 1.0, 0.0)
+        factor = boost.add_(1.0).mul_(mask)
         return factor.mul_(grad_out.float()).to(weight.dtype), None, None
 
 
@@ -103,9 +105,12 @@ class PDPMethod(MaskMethod):
     @torch.no_grad()
     def update(self, module: nn.Linear, zeros: int, exact: bool = True) -> None:
         t = pdp_threshold(module.weight, zeros, exact)
-        module.pdp_threshold.copy_(t)
+        # Re-assigned (not copied into) so they stay float32 even after model.half() or an fp16 engine cast them.
+        module.pdp_threshold = t.float()
         if self.temperature_mode == "relative":
-            module.pdp_tau.copy_(relative_tau(t, self.temperature))
+            module.pdp_tau = relative_tau(t, self.temperature)
+        else:
+            module.pdp_tau = torch.full((), self.temperature, device=t.device)
 
     def soft_weight(self, module: nn.Linear) -> torch.Tensor:
         # Mask math in float32 even under fp16/bf16 autocast; the matmul that follows is autocast as usual.
