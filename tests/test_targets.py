@@ -39,7 +39,7 @@ def test_pattern_matching_nothing_lists_linear_layers():
 
 
 def test_pattern_matching_non_linear_refused():
-    with pytest.raises(ValueError, match="not nn.Linear.*LayerNorm"):
+    with pytest.raises(ValueError, match="not plain nn.Linear.*LayerNorm"):
         find_targets(tiny_bert(), ["attention.output.LayerNorm"])
 
 
