@@ -42,6 +42,7 @@ def test_report_of_mid_ramp_checkpoint_shows_its_schedule_position(tmp_path, cap
         model=tiny_bert(), args=training_args(out, save_strategy="steps", save_steps=6), train_dataset=text_dataset(),
         pdp_config=PDPConfig(target_sparsity=0.8, pruning_start=2, pruning_end=12, harden_at=16),
     ).train()
+    capsys.readouterr()  # drop the training logs
     assert main(["report", str(out / "checkpoint-6"), "--json"]) == 0
     import json
 
