@@ -99,10 +99,12 @@ class PDPConfig:
         },
     )
     threshold_refresh_steps: int = field(
-        default=1,
+        default=10,
         metadata={
             "help": "Exact threshold selection every this many optimizer steps; between, the threshold is estimated "
-            "from a fixed 65,536-entry sample of each matrix (faster). Hardening and finalize are always exact."
+            "from a fixed 65,536-entry sample of each matrix. Hardening and finalize are always exact. Default 10: "
+            "PDP's step cost 1.03x dense instead of 1.13x at BERT-base shape, same MiniLM SST-2 accuracy (README). "
+            "1: exact at every step."
         },
     )
     sparsity_schedule: str = field(

@@ -28,8 +28,8 @@ SHAPES = {
 }
 VARIANTS = {
     "dense": None,
-    "pdp": dict(method="pdp"),
-    "pdp-refresh10": dict(method="pdp", threshold_refresh_steps=10),
+    "pdp": dict(method="pdp", threshold_refresh_steps=1),  # exact selection at every step
+    "pdp-refresh10": dict(method="pdp", threshold_refresh_steps=10),  # the default
     "magnitude": dict(method="magnitude"),
 }
 
