@@ -172,6 +172,7 @@ def _train_with_checkpoints(output_dir, resume=None, **config_overrides):
 @pytest.mark.parametrize(
     "checkpoint,overrides",
     [
+        ("checkpoint-6", {"pruning_start": 0.4}),  # dense warm-up: saved before pruning starts
         ("checkpoint-6", {}),  # mid-ramp
         ("checkpoint-18", {}),  # after hardening
         ("checkpoint-6", {"threshold_refresh_steps": 4, "sparsity_distribution": "global"}),
