@@ -114,3 +114,10 @@ def test_export_never_deletes_training_checkpoints(tmp_path):
     with pytest.raises(FileExistsError, match="holds training checkpoints"):
         export_pruned(model, tmp_path / "run", overwrite=True)
     assert (tmp_path / "run" / "checkpoint-10").is_dir()
+
+
+def test_training_again_after_finalize_is_refused(make_args):
+    trainer = PrunerTrainer(model=tiny_bert(), args=make_args(max_steps=6), train_dataset=text_dataset(), pdp_config=PDPConfig())
+    trainer.train()
+    with pytest.raises(RuntimeError, match="already finalized; build a new PrunerTrainer"):
+        trainer.train()
