@@ -10,7 +10,9 @@ TARGET = "bert.encoder.layer.1.intermediate.dense"
 
 
 def test_nan_weight_named_at_threshold_update():
-    model = apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=4))
+    # checked at every exact threshold refresh (here every step); between refreshes the loss check catches it
+    config = PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=4, threshold_refresh_steps=1)
+    model = apply_pruning(tiny_bert(), config)
     pruner = get_pruner(model)
     pruner.set_total_steps(10)
     with torch.no_grad():

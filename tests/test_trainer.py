@@ -162,7 +162,7 @@ def _train_with_checkpoints(output_dir, resume=None, **config_overrides):
     from tests.conftest import training_args
 
     model = tiny_bert(seed=1)
-    config = PDPConfig(target_sparsity=0.8, pruning_start=0.1, pruning_end=0.6, harden_at=0.8, **config_overrides)
+    config = PDPConfig(**{"target_sparsity": 0.8, "pruning_start": 0.1, "pruning_end": 0.6, "harden_at": 0.8, **config_overrides})
     args = training_args(output_dir, save_strategy="steps", save_steps=6)
     trainer = PrunerTrainer(model=model, args=args, train_dataset=text_dataset(), pdp_config=config)
     trainer.train(resume_from_checkpoint=resume)
