@@ -139,3 +139,19 @@ def test_compressed_export_round_trip_is_bit_exact_and_small(tmp_path):
     # plain-folder path of load_pruned
     plain = export_pruned(model, tmp_path / "plain")
     assert torch.equal(load_pruned(plain)(input_ids=x).logits, model(input_ids=x).logits)
+
+
+def test_interrupted_export_leaves_previous_export_intact(tmp_path):
+    model = finalize_pruning(apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5)))
+    target = tmp_path / "export"
+    export_pruned(model, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    class FailingTokenizer:  # fails after the weights were written into the staging folder
+        def save_pretrained(self, path):
+            raise KeyboardInterrupt("interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        export_pruned(model, target, FailingTokenizer(), overwrite=True)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the staging folder was cleaned up
