@@ -69,7 +69,11 @@ def render_model_card(
     from .report import format_report
 
     config = config or PDPConfig()
-    model_name = model_name or os.path.basename(os.path.normpath(load_path))
+    if model_name is None:  # "<run>/export" is named after the run
+        folder = os.path.normpath(load_path)
+        model_name = os.path.basename(folder)
+        if model_name == "export":
+            model_name = os.path.basename(os.path.dirname(folder)) or model_name
     card_data = ModelCardData(
         base_model=base_model,
         datasets=[dataset] if dataset else None,
