@@ -150,8 +150,9 @@ class PrunerTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Task loss, or with a teacher during training: distill_alpha * KD + (1 - distill_alpha) * task loss."""
         if self.teacher_model is None or not model.training:
-            result = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            loss, outputs = result
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
         else:
             outputs = model(**inputs)
             with torch.no_grad():

@@ -31,8 +31,7 @@ class MagnitudeMethod(MaskMethod):
     def soft_weight(self, module: nn.Linear) -> torch.Tensor:
         return module.weight * module.pdp_keep
 
-    def eval_weight(self, module: nn.Linear) -> torch.Tensor:
-        return module.weight * module.pdp_keep
+    eval_weight = soft_weight  # the mask is already hard
 
     def remove_module(self, module: nn.Linear) -> None:
         remove_buffer(module, "pdp_keep")

@@ -48,6 +48,11 @@ def pdp_soft_mask(weight: torch.Tensor, threshold: torch.Tensor, tau: torch.Tens
     return torch.sigmoid((w2 - threshold.float().square()) / tau)
 
 
+def _mask_from_squares_(w2: torch.Tensor, t2: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """sigmoid((w2 - t^2) / tau), computed in place on `w2` (a fresh float32 tensor the caller owns)."""
+    return w2.sub_(t2).div_(tau).sigmoid_()
+
+
 class _PDPMaskedWeight(torch.autograd.Function):
     """w * sigmoid((w^2 - t^2)/tau) with t and tau constants, in float32.
 
@@ -59,15 +64,14 @@ class _PDPMaskedWeight(torch.autograd.Function):
     def forward(ctx, weight, t2, tau):
         ctx.save_for_backward(weight, t2, tau)
         w = weight.float()
-        mask = torch.mul(w, w).sub_(t2).div_(tau).sigmoid_()
-        return mask.mul_(w).to(weight.dtype)
+        return _mask_from_squares_(w * w, t2, tau).mul_(w).to(weight.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         weight, t2, tau = ctx.saved_tensors
         w = weight.float()
-        w2 = torch.mul(w, w)
-        mask = torch.sub(w2, t2).div_(tau).sigmoid_()
+        w2 = w * w
+        mask = _mask_from_squares_(w2.clone(), t2, tau)
         # m (1 + (2 w^2 / tau)(1 - m)), built in place on w2. Where m saturates to exactly 1 the second term is 0
         # (its limit); computing it there could give inf * 0 = NaN when tau is tiny.
         boost = w2.mul_(2.0 / tau).mul_(1.0 - mask).masked_fill_(mask == 1.0, 0.0)
