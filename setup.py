@@ -2,7 +2,7 @@ import re
 
 from setuptools import find_packages, setup
 
-with open("pdp_hf/__init__.py", encoding="utf-8") as f:
+with open("pdp_hf/version.py", encoding="utf-8") as f:
     version = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 with open("README.md", encoding="utf-8") as f:

@@ -9,7 +9,7 @@ Two lines change in a Transformers fine-tuning script::
     trainer.export_pruned("my-sparse-model")   # loads with plain AutoModelFor*.from_pretrained
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .config import PDPConfig
 from .injection import apply_pruning, finalize_pruning, get_pruner

@@ -40,7 +40,7 @@ def cmd_report(args) -> int:
     from .report import format_report, sparsity_report
 
     model, config = _load_pruning(args.path)
-    report = sparsity_report(model, config.target_modules if config else None)
+    report = sparsity_report(model, config=config)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

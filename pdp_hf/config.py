@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -12,7 +13,7 @@ from typing import Any, Optional
 PRUNING_CONFIG_NAME = "pruning_config.json"
 VERSION_KEY = "pdp_hf_version"
 
-GRANULARITIES = ("unstructured",)
+GRANULARITIES = ("unstructured", "n:m", "neuron", "head", "block")
 SPARSITY_DISTRIBUTIONS = ("uniform", "global")
 SPARSITY_SCHEDULES = ("linear", "cubic")
 TEMPERATURE_MODES = ("relative", "absolute")
@@ -43,9 +44,12 @@ class PDPConfig:
     ```
     """
 
-    target_sparsity: float = field(
-        default=0.9,
-        metadata={"help": "Fraction of zeros in the targeted Linear weights at the end (0 <= s < 1)."},
+    target_sparsity: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Fraction of pruned units (and so of zeros in the targeted Linear weights) at the end, "
+            "0 <= s < 1. Default 0.9; with granularity 'n:m' it is implied by n_m (1 - N/M) and may be left out."
+        },
     )
     method: str = field(
         default="pdp",
@@ -56,7 +60,21 @@ class PDPConfig:
     )
     granularity: str = field(
         default="unstructured",
-        metadata={"help": "What one mask entry covers: 'unstructured' (one weight)."},
+        metadata={
+            "help": "What one mask entry covers: 'unstructured' (a weight), 'n:m' (N of every M consecutive "
+            "weights along the input dimension stay, see n_m), 'neuron' (an FFN neuron: FFN-in row + bias entry + "
+            "FFN-out column), 'head' (an attention head: its Q/K/V rows + bias entries and output-projection "
+            "columns), 'block' (block_size x block_size tiles). One value for all targets, or per role group: "
+            "'attention=head,ffn=neuron'."
+        },
+    )
+    n_m: str = field(
+        default="2:4",
+        metadata={"help": "N:M pattern for granularity 'n:m', e.g. '2:4', '1:4', '4:8' (N of every M weights stay)."},
+    )
+    block_size: int = field(
+        default=32,
+        metadata={"help": "Side of the square tiles for granularity 'block' (must divide both sides of each matrix)."},
     )
     target_modules: Optional[list[str]] = field(
         default=None,
@@ -115,11 +133,9 @@ class PDPConfig:
     def __post_init__(self) -> None:
         from .methods import METHODS
 
-        self._check_number("target_sparsity", self.target_sparsity)
-        if not 0.0 <= self.target_sparsity < 1.0:
-            raise _invalid("target_sparsity", self.target_sparsity, "it must satisfy 0 <= target_sparsity < 1")
         self._check_choice("method", self.method, tuple(METHODS))
-        self._check_choice("granularity", self.granularity, GRANULARITIES)
+        self._check_granularity()
+        self._resolve_target_sparsity()
         self._check_choice("sparsity_distribution", self.sparsity_distribution, SPARSITY_DISTRIBUTIONS)
         self._check_choice("sparsity_schedule", self.sparsity_schedule, SPARSITY_SCHEDULES)
         self._check_choice("temperature_mode", self.temperature_mode, TEMPERATURE_MODES)
@@ -133,6 +149,48 @@ class PDPConfig:
             self._check_schedule_point(name, getattr(self, name))
         self._check_order("pruning_start", "pruning_end")
         self._check_order("pruning_end", "harden_at")
+
+    # -- granularity --------------------------------------------------------------------------------------------
+    def granularities(self) -> dict[str, str]:
+        """`{"*": g}` for one granularity, or `{"attention": g1, "ffn": g2}` for a per-role-group map."""
+        from .units import parse_role_map
+
+        return parse_role_map(self.granularity, "granularity", GRANULARITIES)
+
+    def nm_pair(self) -> tuple[int, int]:
+        """(N, M) of `n_m`."""
+        n, m = (int(p) for p in self.n_m.split(":"))
+        return n, m
+
+    def _check_granularity(self) -> None:
+        if not isinstance(self.granularity, str):
+            raise _invalid("granularity", self.granularity, f"choose one of {list(GRANULARITIES)} or a role-group map")
+        kinds = set(self.granularities().values())
+        if not isinstance(self.n_m, str) or not re.fullmatch(r"\d+:\d+", self.n_m) or not 0 < self.nm_pair()[0] < self.nm_pair()[1]:
+            raise _invalid("n_m", self.n_m, "write 'N:M' with 0 < N < M, e.g. '2:4'")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise _invalid("block_size", self.block_size, "it must be a whole number >= 1")
+        if kinds == {"n:m"} and self.sparsity_distribution == "global":
+            raise _invalid(
+                "sparsity_distribution", "global", "granularity 'n:m' fixes N of every M weights in every matrix, so "
+                "there is nothing to distribute; use 'uniform'"
+            )
+
+    def _resolve_target_sparsity(self) -> None:
+        kinds = set(self.granularities().values())
+        n, m = self.nm_pair()
+        implied = 1.0 - n / m
+        if self.target_sparsity is None:
+            self.target_sparsity = implied if kinds == {"n:m"} else 0.9
+        self._check_number("target_sparsity", self.target_sparsity)
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise _invalid("target_sparsity", self.target_sparsity, "it must satisfy 0 <= target_sparsity < 1")
+        if kinds == {"n:m"} and abs(self.target_sparsity - implied) > 1e-9:
+            raise _invalid(
+                "target_sparsity", self.target_sparsity,
+                f"granularity 'n:m' with n_m={self.n_m!r} implies target_sparsity {implied:g} (1 - N/M); leave "
+                "target_sparsity out or set it to that value",
+            )
 
     # -- validation helpers -------------------------------------------------------------------------------------
     @staticmethod
@@ -177,7 +235,7 @@ class PDPConfig:
         return dataclasses.asdict(self)
 
     def to_json_string(self) -> str:
-        from . import __version__
+        from .version import __version__
 
         return json.dumps({**self.to_dict(), VERSION_KEY: __version__}, indent=2, sort_keys=True) + "\n"
 
@@ -202,7 +260,7 @@ class PDPConfig:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "PDPConfig":
         """Read `pruning_config.json` from a folder (or the file itself)."""
-        from . import __version__
+        from .version import __version__
 
         file = os.path.join(path, PRUNING_CONFIG_NAME) if os.path.isdir(path) else str(path)
         if not os.path.isfile(file):

@@ -81,7 +81,7 @@ def export_pruned(
     if pruner is not None:
         pdp_config = pdp_config or pruner.config
         model = finalize_pruning(copy.deepcopy(model))
-    report = sparsity_report(model, pdp_config.target_modules if pdp_config else None)
+    report = sparsity_report(model, config=pdp_config)
 
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)

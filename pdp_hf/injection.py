@@ -5,48 +5,57 @@ Why a class swap and not `torch.nn.utils.parametrize`: a parametrization renames
 of `nn.Linear` that only changes `forward`) keeps every state_dict key as in plain Transformers, so Trainer
 checkpoints hold the dense weights under their usual names, resume loads them strictly, DDP sees the same
 parameters, and `finalize_pruning` only has to set the class back.
+
+The pieces: `pdp_hf.units` turns targets into unit groups (what is pruned together), `pdp_hf.methods` computes
+masks over units (how), `pdp_hf.schedules.PruningSchedule` says when, `Pruner` holds the mask state and moves it
+along the schedule, and `pdp_hf.checkpoint` saves and restores that state.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import STATE_NAME, load_state, save_state
 from .config import PDPConfig
 from .methods import MaskMethod, get_method
-from .methods.base import remove_buffer
-from .schedules import ramp_fraction, resolve_step, zeros_at
+from .schedules import PruningSchedule, zeros_at
 from .targets import find_targets
+from .units import Member, UnitGroup, build_unit_groups
 
 logger = logging.getLogger(__name__)
 
 PRUNER_ATTR = "_pdp_pruner"
-STATE_NAME = "pruning_state.safetensors"
+__all__ = ["PrunedLinear", "Pruner", "apply_pruning", "finalize_pruning", "get_pruner", "global_budgets", "STATE_NAME"]
+_MODULE_ATTRS = ("pdp_method", "pdp_group", "pdp_member")
 
 
 class PrunedLinear(nn.Linear):
-    """An `nn.Linear` whose forward uses the masked weight. Never constructed: `apply_pruning` swaps the class."""
+    """An `nn.Linear` whose forward uses the masked weight (and bias). Never constructed: `apply_pruning` swaps
+    the class. The module's unit group (`pdp_group`) holds the mask state it shares with the group's other members."""
 
     pdp_method: MaskMethod
-    pdp_zeros: int
-    pdp_hard_mask: torch.Tensor | None
+    pdp_group: UnitGroup
+    pdp_member: Member
 
-    def pruned_weight(self) -> torch.Tensor:
-        if self.pdp_hard_mask is not None:
-            return self.weight * self.pdp_hard_mask
-        if self.pdp_zeros == 0:
-            return self.weight
+    def pruned_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        group, member = self.pdp_group, self.pdp_member
+        if group.hard_mask is not None:
+            if group.hard_mask.device != self.weight.device:  # the model was moved after hardening
+                group.hard_mask = group.hard_mask.to(self.weight.device)
+            return group.masked(group.hard_mask, member)
+        if group.zeros == 0:
+            return self.weight, self.bias
         if self.training:
-            return self.pdp_method.soft_weight(self)
-        return self.pdp_method.eval_weight(self)
+            return self.pdp_method.train_weight(group, member)
+        return self.pdp_method.eval_weight(group, member)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.linear(input, self.pruned_weight(), self.bias)
+        weight, bias = self.pruned_weight_and_bias()
+        return F.linear(input, weight, bias)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -61,7 +70,7 @@ def get_pruner(model: nn.Module) -> "Pruner | None":
 
 
 class Pruner:
-    """Owns the targeted layers of one model and moves them through the schedule.
+    """Holds the unit groups of one model and their mask state, and moves them through the schedule.
 
     Custom training loops drive it directly:
 
@@ -75,73 +84,64 @@ class Pruner:
     ```
     """
 
-    def __init__(self, config: PDPConfig, modules: dict[str, PrunedLinear], method: MaskMethod):
+    def __init__(self, config: PDPConfig, modules: dict[str, nn.Linear], groups: list[UnitGroup], method: MaskMethod):
         self.config = config
-        self.modules = modules
+        self.modules = modules  # targeted module name -> module, in model order
+        self.groups = groups
         self.method = method
-        self.total_steps: int | None = None
-        self.budgets: dict[str, int] | None = None  # final zeros per layer, fixed at pruning start
+        self.schedule: PruningSchedule | None = None
+        self.budgets: dict[str, int] | None = None  # final pruned units per group, fixed at pruning start
         self.hardened = False
 
     # -- schedule -------------------------------------------------------------------------------------------------
     def set_total_steps(self, total_steps: int) -> None:
         """Resolve fractional schedule points against the number of optimizer steps, and check they fit."""
-        if total_steps <= 0:
-            raise ValueError(f"Training has {total_steps} optimizer steps; pruning needs at least one.")
-        c = self.config
-        points = {"pruning_start": c.pruning_start, "pruning_end": c.pruning_end, "harden_at": c.harden_at}
-        steps = {k: resolve_step(v, total_steps) for k, v in points.items() if v is not None}
-        for name, step in steps.items():
-            if step > total_steps:
-                raise ValueError(
-                    f"PDPConfig.{name}={points[name]!r} is step {step}, after the end of training "
-                    f"({total_steps} optimizer steps). Shorten the schedule, use fractions (< 1) or train longer."
-                )
-        if steps["pruning_end"] < steps["pruning_start"]:
-            raise ValueError(
-                f"PDPConfig.pruning_end={c.pruning_end!r} (step {steps['pruning_end']}) comes before "
-                f"pruning_start={c.pruning_start!r} (step {steps['pruning_start']})."
-            )
-        if "harden_at" in steps and steps["harden_at"] < steps["pruning_end"]:
-            raise ValueError(
-                f"PDPConfig.harden_at={c.harden_at!r} (step {steps['harden_at']}) comes before "
-                f"pruning_end={c.pruning_end!r} (step {steps['pruning_end']}); masks can only harden at full sparsity."
-            )
-        self.total_steps = total_steps
-        self.start, self.end = steps["pruning_start"], steps["pruning_end"]
-        self.harden_step = steps.get("harden_at")
+        self.schedule = PruningSchedule.from_config(self.config, total_steps)
+
+    @property
+    def total_steps(self) -> int | None:
+        return None if self.schedule is None else self.schedule.total_steps
 
     def fraction(self, step: int) -> float:
-        return ramp_fraction(step, self.start, self.end, self.config.sparsity_schedule)
+        return self.schedule.fraction(step)
 
     def step(self, step: int) -> None:
-        """Bring every layer to the sparsity of optimizer step `step` (0-based, the step about to run)."""
-        if self.total_steps is None:
+        """Bring every group to the sparsity of optimizer step `step` (0-based, the step about to run)."""
+        schedule = self.schedule
+        if schedule is None:
             raise RuntimeError("Call Pruner.set_total_steps(n) before Pruner.step(); PrunerTrainer does it for you.")
         if self.hardened:
             return
-        if step >= self.start and self.budgets is None:
-            self.budgets = self._compute_budgets()
-        if self.harden_step is not None and step >= self.harden_step:
+        if step >= schedule.start and self.budgets is None:
+            self.budgets = self.compute_budgets()
+        if schedule.hardens_at(step):
             self.harden()
             return
-        frac = self.fraction(step)
+        frac = schedule.fraction(step)
         # Between exact refreshes the threshold is a fresh sampled estimate (it never depends on an earlier step,
         # so a resumed run computes the same values as an uninterrupted one).
-        exact = (step - self.start) % self.config.threshold_refresh_steps == 0
+        exact = schedule.is_exact(step, self.config.threshold_refresh_steps)
         if exact:
             self.check_finite(f"optimizer step {step}")
-        for name, module in self.modules.items():
-            zeros = zeros_at(frac, self.budgets[name]) if self.budgets else 0
-            module.pdp_zeros = zeros
+        for group in self.groups:
+            zeros = zeros_at(frac, self.budgets[group.name]) if self.budgets else 0
+            group.zeros = zeros
             if zeros:
-                self.method.update(module, zeros, exact)
+                self.method.update(group, zeros, exact)
 
-    def _compute_budgets(self) -> dict[str, int]:
+    def compute_budgets(self) -> dict[str, int]:
+        """Final pruned units per group: `round(target * units)` each (uniform), or one ranking of unit norms per
+        pool of comparable units (global: all weights of unstructured matrices together, all blocks, all heads,
+        all neurons). N:M groups always prune every group of M."""
         target = self.config.target_sparsity
+        budgets = {g.name: g.num_units for g in self.groups if g.kind == "n:m"}
+        ranked = [g for g in self.groups if g.kind != "n:m"]
         if self.config.sparsity_distribution == "uniform":
-            return {n: int(round(target * m.weight.numel())) for n, m in self.modules.items()}
-        return global_budgets({n: self.method.scores(m.weight) for n, m in self.modules.items()}, target)
+            budgets.update({g.name: int(round(target * g.num_units)) for g in ranked})
+        else:
+            for pool in dict.fromkeys(g.pool for g in ranked):
+                budgets.update(global_budgets({g.name: g.scores() for g in ranked if g.pool == pool}, target))
+        return {g.name: budgets[g.name] for g in self.groups}
 
     @torch.no_grad()
     def non_finite_modules(self) -> list[str]:
@@ -158,23 +158,31 @@ class Pruner:
 
     @torch.no_grad()
     def harden(self) -> None:
-        """Fix every mask to exactly its final budget of zeros; training may continue with fixed masks."""
+        """Fix every mask to exactly its final budget of pruned units; training may continue with fixed masks."""
         self.check_finite("hardening")
         if self.budgets is None:
-            self.budgets = self._compute_budgets()
-        for name, module in self.modules.items():
-            module.pdp_zeros = self.budgets[name]
-            module.pdp_hard_mask = self.method.hard_mask(module, self.budgets[name])
+            self.budgets = self.compute_budgets()
+        for group in self.groups:
+            group.zeros = self.budgets[group.name]
+            group.hard_mask = self.method.hard_mask(group, group.zeros)
+            self.method.remove_group(group)
         self.hardened = True
+
+    def hard_view(self, group: UnitGroup) -> torch.Tensor:
+        """The unit-level keep-mask finalize would bake in now (exact count at the current sparsity)."""
+        if group.hard_mask is not None:
+            return group.hard_mask
+        return self.method.hard_mask(group, group.zeros)
 
     # -- logging --------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        """`sparsity` (hard-mask view over all targets), `temperature`, `mask_gap` (mean |soft - hard| mask)."""
-        numel = sum(m.weight.numel() for m in self.modules.values())
-        zeros = sum(m.pdp_zeros for m in self.modules.values())
-        active = [m for m in self.modules.values() if m.pdp_zeros and m.pdp_hard_mask is None]
-        gap = sum(float(self.method.mask_gap(m)) for m in active)
+        """`sparsity` (hard-mask view over all targeted weights), `temperature`, `mask_gap` (mean |soft - hard|
+        mask over the targeted weights)."""
+        numel = sum(g.numel for g in self.groups)
+        zeros = sum(g.pruned_weights(g.zeros) for g in self.groups)
+        active = [g for g in self.groups if g.zeros and g.hard_mask is None]
+        gap = sum(float(self.method.mask_gap(g)) for g in active)
         return {
             "sparsity": zeros / numel,
             "temperature": float(getattr(self.method, "temperature", 0.0)),
@@ -184,53 +192,11 @@ class Pruner:
     # -- checkpoint state -----------------------------------------------------------------------------------------
     def save_state(self, directory: str) -> None:
         """Write `pruning_state.safetensors` (budgets, hardened masks) and `pruning_config.json` into a checkpoint."""
-        from safetensors.torch import save_file
-
-        from . import __version__
-
-        tensors = {}
-        if self.hardened:
-            tensors = {f"mask.{n}": m.pdp_hard_mask.contiguous().cpu() for n, m in self.modules.items()}
-        metadata = {
-            "pdp_hf_version": __version__,
-            "budgets": json.dumps(self.budgets),
-            "hardened": json.dumps(self.hardened),
-            "modules": json.dumps(list(self.modules)),
-        }
-        os.makedirs(directory, exist_ok=True)
-        save_file(tensors, os.path.join(directory, STATE_NAME), metadata=metadata)
-        self.config.save_pretrained(directory)
+        save_state(self, directory)
 
     def load_state(self, directory: str) -> None:
         """Restore budgets and hardened masks from a checkpoint written by `save_state` with the same config."""
-        from safetensors import safe_open
-
-        path = os.path.join(directory, STATE_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{directory} has no {STATE_NAME}: it was not written by PrunerTrainer, so its pruning state is unknown."
-            )
-        saved = PDPConfig.from_pretrained(directory)
-        if saved != self.config:
-            diff = {k: (v, getattr(self.config, k)) for k, v in saved.to_dict().items() if getattr(self.config, k) != v}
-            raise ValueError(
-                f"Checkpoint {directory} was made with another PDPConfig; differing fields (checkpoint, now): {diff}. "
-                "Resume with the checkpoint's config (PDPConfig.from_pretrained(checkpoint_dir))."
-            )
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            if json.loads(meta.get("modules", "[]")) != list(self.modules):
-                raise ValueError(f"Checkpoint {directory} prunes other modules than this model's targets.")
-            budgets = json.loads(meta.get("budgets", "null"))
-            self.budgets = None if budgets is None else {k: int(v) for k, v in budgets.items()}
-            self.hardened = json.loads(meta.get("hardened", "false"))
-            for name, module in self.modules.items():
-                if self.hardened:
-                    module.pdp_hard_mask = f.get_tensor(f"mask.{name}").to(module.weight.device)
-                    module.pdp_zeros = self.budgets[name]
-                else:  # nothing from an earlier run in this process may survive
-                    module.pdp_hard_mask, module.pdp_zeros = None, 0
-
+        load_state(self, directory)
 
 def global_budgets(scores: dict[str, torch.Tensor], target: float) -> dict[str, int]:
     """Per-layer zero counts from one magnitude ranking over all layers: the round(target * N) smallest scores
@@ -269,18 +235,23 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     if get_pruner(model) is not None:
         raise ValueError("Pruning is already applied to this model; call finalize_pruning(model) first.")
     names = find_targets(model, config.target_modules)
+    groups = build_unit_groups(model, names, config)
     method = get_method(config.method).from_config(config)
-    modules: dict[str, PrunedLinear] = {}
-    for name in names:
-        module = model.get_submodule(name)
-        module.__class__ = PrunedLinear
-        module.pdp_method, module.pdp_zeros = method, 0
-        # Non-persistent buffer: follows .to(device), never enters the state_dict.
-        module.register_buffer("pdp_hard_mask", None, persistent=False)
-        method.init_module(module)
-        modules[name] = module
-    setattr(model, PRUNER_ATTR, Pruner(config, modules, method))
-    logger.info("pdp_hf: %s masks on %d Linear layers (target sparsity %s).", config.method, len(names), config.target_sparsity)
+    for group in groups:
+        method.init_group(group)
+        for member in group.members:
+            module = member.module
+            module.__class__ = PrunedLinear
+            module.pdp_method, module.pdp_group, module.pdp_member = method, group, member
+    covered = {member.name for group in groups for member in group.members}
+    modules = {name: model.get_submodule(name) for name in names if name in covered}
+    if len(modules) < len(names):
+        logger.info("pdp_hf: granularity %r leaves %d default targets dense.", config.granularity, len(names) - len(modules))
+    setattr(model, PRUNER_ATTR, Pruner(config, modules, groups, method))
+    logger.info(
+        "pdp_hf: %s masks (%s) on %d Linear layers in %d unit groups (target sparsity %s).",
+        config.method, config.granularity, len(modules), len(groups), config.target_sparsity,
+    )
     return model
 
 
@@ -288,8 +259,10 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
 def finalize_pruning(model: nn.Module) -> nn.Module:
     """Harden the masks, bake the zeros into the weights and remove every trace of `apply_pruning`.
 
-    Afterwards each targeted weight holds exactly its budget of zeros (round(target * n) per layer with the uniform
-    distribution) and the model and its state_dict are plain Transformers again.
+    Afterwards each unit group holds exactly its budget of pruned units (round(target * units) per group with the
+    uniform distribution): whole zero weights, tiles, N:M patterns, neurons (FFN-in row and bias entry, FFN-out
+    column) or heads (Q/K/V rows and bias entries, output-projection columns). The model and its state_dict are
+    plain Transformers again.
     """
     model = _unwrap(model)
     pruner = get_pruner(model)
@@ -297,12 +270,16 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
         raise ValueError("This model has no pruning applied (or it was already finalized); nothing to finalize.")
     if not pruner.hardened:
         pruner.harden()
-    for module in pruner.modules.values():
-        module.weight.masked_fill_(~module.pdp_hard_mask, 0.0)  # +0.0, not the -0.0 a multiply gives
-        pruner.method.remove_module(module)
-        remove_buffer(module, "pdp_hard_mask")
-        for attr in ("pdp_method", "pdp_zeros"):
-            module.__dict__.pop(attr, None)
-        module.__class__ = nn.Linear
+    for group in pruner.groups:
+        for member in group.members:
+            weight_mask, bias_mask = group.expand(group.hard_mask, member)
+            module = member.module
+            module.weight.masked_fill_(~weight_mask, 0.0)  # +0.0, not the -0.0 a multiply gives
+            if bias_mask is not None and module.bias is not None:
+                module.bias.masked_fill_(~bias_mask, 0.0)
+            for attr in _MODULE_ATTRS:
+                module.__dict__.pop(attr, None)
+            module.__class__ = nn.Linear
+        group.hard_mask = None
     delattr(model, PRUNER_ATTR)
     return model

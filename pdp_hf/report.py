@@ -7,8 +7,10 @@ import re
 import torch
 from torch import nn
 
+from .config import PDPConfig
 from .injection import _unwrap, get_pruner
 from .targets import find_targets, role_of
+from .units import UnitGroup, build_unit_groups
 
 CONVENTION = (
     "sparsity = exactly-zero entries / entries of the targeted Linear weight matrices (encoder attention "
@@ -17,21 +19,46 @@ CONVENTION = (
 
 
 @torch.no_grad()
-def _effective_weight(module: nn.Module) -> torch.Tensor:
-    pruner_method = getattr(module, "pdp_method", None)
-    if pruner_method is None:
-        return module.weight
-    if module.pdp_hard_mask is not None:
-        return module.weight * module.pdp_hard_mask
-    return module.weight * pruner_method.hard_mask(module, module.pdp_zeros)
+def _effective_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Each module's weight as finalize would leave it now (the pruner's hard view), or as it is on a plain model."""
+    pruner = get_pruner(model)
+    if pruner is None:
+        return {name: model.get_submodule(name).weight for name in names}
+    weights = {}
+    for group in pruner.groups:
+        keep = pruner.hard_view(group)
+        for member in group.members:
+            weights[member.name] = group.masked(keep, member)[0]
+    return weights
 
 
 @torch.no_grad()
-def sparsity_report(model: nn.Module, target_modules: list[str] | None = None) -> dict:
-    """Per targeted module (full dotted name): shape, zeros, sparsity, role; and totals.
+def units_report(groups: list[UnitGroup], weights: dict[str, torch.Tensor]) -> dict:
+    """Per unit group: granularity, units, pruned units (all-zero units; N:M: groups with at most N nonzeros)."""
+    rows = {}
+    for group in groups:
+        members = {m.name: weights[m.name] for m in group.members}
+        if group.kind == "n:m":
+            nonzeros = (members[group.members[0].name] != 0).view(group.unit_shape).sum(-1)
+            pruned = int((nonzeros <= group.n).sum())
+        else:
+            pruned = int((group.squared_norms(members) == 0).sum())
+        rows[group.name] = {
+            "granularity": group.describe(),
+            "modules": [m.name for m in group.members],
+            "units": group.num_units,
+            "pruned_units": pruned,
+        }
+    return rows
 
-    While pruning is applied, the targets are the pruner's and zeros are counted on the hard-mask view (what
-    finalize would bake in now). On a plain model, targets come from `target_modules` or the architecture defaults.
+
+@torch.no_grad()
+def sparsity_report(model: nn.Module, target_modules: list[str] | None = None, config=None) -> dict:
+    """Per targeted module (full dotted name): shape, zeros, sparsity, role; per unit group: pruned units; totals.
+
+    While pruning is applied, the targets and units are the pruner's and zeros are counted on the hard-mask view
+    (what finalize would bake in now). On a plain model, targets come from `config.target_modules`,
+    `target_modules` or the architecture defaults, and units from `config.granularity` (unstructured without one).
 
     Example:
 
@@ -43,11 +70,19 @@ def sparsity_report(model: nn.Module, target_modules: list[str] | None = None) -
     """
     model = _unwrap(model)
     pruner = get_pruner(model)
-    names = list(pruner.modules) if pruner is not None else find_targets(model, target_modules)
+    if pruner is not None:
+        names, groups = list(pruner.modules), pruner.groups
+    else:
+        config = config or PDPConfig(target_modules=target_modules)
+        names = find_targets(model, target_modules or config.target_modules)
+        groups = build_unit_groups(model, names, config)
+        covered = {member.name for group in groups for member in group.members}
+        names = [name for name in names if name in covered]
+    weights = _effective_weights(model, names)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     rows, total_numel, total_zeros = {}, 0, 0
     for name in names:
-        weight = _effective_weight(model.get_submodule(name))
+        weight = weights[name]
         numel, zeros = weight.numel(), int((weight == 0).sum())
         rows[name] = {
             "role": role_of(model_type, name),
@@ -62,6 +97,7 @@ def sparsity_report(model: nn.Module, target_modules: list[str] | None = None) -
     return {
         "convention": CONVENTION,
         "modules": rows,
+        "units": units_report(groups, weights),
         "total": {"numel": total_numel, "zeros": total_zeros, "sparsity": total_zeros / max(total_numel, 1)},
         "model": {"parameters": all_params, "zeros_in_targets_over_all_parameters": total_zeros / max(all_params, 1)},
     }

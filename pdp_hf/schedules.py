@@ -46,3 +46,54 @@ def zeros_at(fraction: float, budget: int) -> int:
     (4, 9)
     """
     return min(budget, int(round(fraction * budget)))
+
+
+class PruningSchedule:
+    """The "when" of pruning, resolved against the number of optimizer steps: a pure object, no model state.
+
+    >>> s = PruningSchedule(pruning_start=0.1, pruning_end=0.5, harden_at=0.8, total_steps=100)
+    >>> (s.start, s.end, s.harden_step), s.fraction(30), s.is_exact(30, refresh_steps=10)
+    ((10, 50, 80), 0.5, True)
+    """
+
+    def __init__(self, pruning_start: float, pruning_end: float, harden_at: float | None, total_steps: int,
+                 shape: str = "linear"):
+        if total_steps <= 0:
+            raise ValueError(f"Training has {total_steps} optimizer steps; pruning needs at least one.")
+        points = {"pruning_start": pruning_start, "pruning_end": pruning_end, "harden_at": harden_at}
+        steps = {k: resolve_step(v, total_steps) for k, v in points.items() if v is not None}
+        for name, step in steps.items():
+            if step > total_steps:
+                raise ValueError(
+                    f"PDPConfig.{name}={points[name]!r} is step {step}, after the end of training "
+                    f"({total_steps} optimizer steps). Shorten the schedule, use fractions (< 1) or train longer."
+                )
+        if steps["pruning_end"] < steps["pruning_start"]:
+            raise ValueError(
+                f"PDPConfig.pruning_end={pruning_end!r} (step {steps['pruning_end']}) comes before "
+                f"pruning_start={pruning_start!r} (step {steps['pruning_start']})."
+            )
+        if "harden_at" in steps and steps["harden_at"] < steps["pruning_end"]:
+            raise ValueError(
+                f"PDPConfig.harden_at={harden_at!r} (step {steps['harden_at']}) comes before "
+                f"pruning_end={pruning_end!r} (step {steps['pruning_end']}); masks can only harden at full sparsity."
+            )
+        self.total_steps = total_steps
+        self.start, self.end = steps["pruning_start"], steps["pruning_end"]
+        self.harden_step = steps.get("harden_at")
+        self.shape = shape
+
+    @classmethod
+    def from_config(cls, config, total_steps: int) -> "PruningSchedule":
+        return cls(config.pruning_start, config.pruning_end, config.harden_at, total_steps, config.sparsity_schedule)
+
+    def fraction(self, step: int) -> float:
+        """Fraction of the final budgets in force at optimizer `step` (see `ramp_fraction`)."""
+        return ramp_fraction(step, self.start, self.end, self.shape)
+
+    def hardens_at(self, step: int) -> bool:
+        return self.harden_step is not None and step >= self.harden_step
+
+    def is_exact(self, step: int, refresh_steps: int) -> bool:
+        """Whether step `step` selects thresholds exactly (every `refresh_steps` steps from the ramp's start)."""
+        return (step - self.start) % refresh_steps == 0

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trainer.train()  # ends with the masks hardened and the zeros baked in
     metrics = trainer.evaluate()
-    sparsity = sparsity_report(model)["total"]["sparsity"]
+    sparsity = sparsity_report(model, config=pdp_config)["total"]["sparsity"]
 
     from huggingface_hub import EvalResult
 

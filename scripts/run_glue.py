@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_metrics("eval", metrics)
 
     # 5. Export (and push) the pruned model with its card.
-    report = sparsity_report(model, pdp_config.target_modules)
+    report = sparsity_report(model, config=pdp_config)
     export_dir = os.path.join(training_args.output_dir, "export")
     command = "python scripts/run_glue.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     trainer.export_pruned(

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     summary = {
         "eval_accuracy": round(metrics["eval_accuracy"], 4),
-        "sparsity": round(sparsity_report(model, pdp_config.target_modules)["total"]["sparsity"], 4),
+        "sparsity": round(sparsity_report(model, config=pdp_config)["total"]["sparsity"], 4),
         "export": export_dir,
     }
     print("run_image_classification: " + json.dumps(summary))

@@ -34,7 +34,7 @@ def main(out_dir: str, batch: int) -> None:
         def on_step_end(self, args, state, control, **kwargs):
             pruner = get_pruner(model)
             if pruner.hardened and not masks:
-                masks.update({f"hard_mask.{n}": m.pdp_hard_mask.clone() for n, m in pruner.modules.items()})
+                masks.update({f"hard_mask.{g.name}": g.hard_mask.clone() for g in pruner.groups})
 
     args = TrainingArguments(
         output_dir=os.path.join(out_dir, "run"), max_steps=16, per_device_train_batch_size=batch, learning_rate=1e-3,

@@ -79,7 +79,8 @@ def test_thresholds_stay_float32_after_half():
     pruner.set_total_steps(4)
     pruner.step(1)
     layer = model.get_submodule(TARGET)
-    assert layer.pdp_threshold.dtype == layer.pdp_tau.dtype == torch.float32 and float(layer.pdp_tau) > 0
+    state = layer.pdp_group.state
+    assert state["threshold"].dtype == state["tau"].dtype == torch.float32 and float(state["tau"]) > 0
 
 
 def test_zero_threshold_gives_finite_gradient():

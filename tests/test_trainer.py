@@ -64,7 +64,7 @@ class RecordSparsity(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         pruner = get_pruner(model)
-        self.by_step[state.global_step] = sum(m.pdp_zeros for m in pruner.modules.values())
+        self.by_step[state.global_step] = sum(g.zeros for g in pruner.groups)  # unstructured: units are weights
 
 
 @pytest.mark.parametrize("accumulation", [1, 3])
@@ -108,7 +108,7 @@ def test_masks_fixed_after_hardening(make_args):
         def on_step_end(self, args, state, control, **kwargs):
             pruner = get_pruner(model)
             if pruner.hardened:
-                masks.setdefault("first", {n: m.pdp_hard_mask.clone() for n, m in pruner.modules.items()})
+                masks.setdefault("first", {g.name: g.hard_mask.clone() for g in pruner.groups})
 
     trainer = PrunerTrainer(
         model=model, args=make_args(), train_dataset=text_dataset(),
@@ -222,7 +222,7 @@ def test_magnitude_masks_smallest_weights_and_blocks_their_gradient():
     pruner.set_total_steps(10)
     pruner.step(2)  # half way: 30% zeros
     layer = model.bert.encoder.layer[0].intermediate.dense
-    keep = layer.pdp_keep
+    keep = layer.pdp_group.state["keep"]
     assert int((~keep).sum()) == round(0.5 * round(0.6 * layer.weight.numel()))
     assert layer.weight.abs()[~keep].max() <= layer.weight.abs()[keep].min()
     model(input_ids=torch.randint(1, 60, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()

@@ -1,9 +1,15 @@
-"""The interface every mask method implements, and the exact hard mask they all share."""
+"""The interface every mask method implements, and the exact hard masks they all share.
+
+Methods work on `UnitGroup`s (`pdp_hf.units`): a group's units are ranked by their L2 norm, a method turns the
+number of pruned units in force into a unit-level mask, and the group broadcasts that mask onto each member
+weight (and bias). For `unstructured` a unit is one weight, so the mask has the weight's shape.
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from ..units import Member, UnitGroup
 
 
 def hard_mask_from_scores(scores: torch.Tensor, zeros: int) -> torch.Tensor:
@@ -22,18 +28,41 @@ def hard_mask_from_scores(scores: torch.Tensor, zeros: int) -> torch.Tensor:
     return keep.view(scores.shape)
 
 
-def remove_buffer(module: nn.Module, name: str) -> None:
-    """Delete a buffer registered with `register_buffer`, leaving no trace in the module."""
-    module._buffers.pop(name, None)
-    module._non_persistent_buffers_set.discard(name)
+def nm_selected_groups(scores: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """Which N:M groups are pruned while `groups` of them are in force (the ramp of granularity 'n:m').
+
+    `scores` is |w| shaped (rows, G, M). The groups pruned first are those whose M - N smallest |w| carry the least
+    squared magnitude, i.e. the cheapest to prune. Returns a bool tensor (rows, G, 1), True = N:M pruned.
+
+    >>> nm_selected_groups(torch.tensor([[[0.1, 0.9, 0.8, 0.2], [0.5, 0.6, 0.7, 0.8]]]), 2, 1).view(-1).tolist()
+    [True, False]
+    """
+    m = scores.shape[-1]
+    total = scores.shape[0] * scores.shape[1]
+    if groups >= total:
+        return torch.ones(scores.shape[:2] + (1,), dtype=torch.bool, device=scores.device)
+    cost = torch.sort(scores.float(), dim=-1).values[..., : m - n].square().sum(-1)
+    return ~hard_mask_from_scores(cost, groups).unsqueeze(-1)
+
+
+def nm_hard_mask(scores: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """Keep-mask (rows, G, M): in each of the `groups` selected groups exactly the N largest |w| stay; the others
+    stay whole. Exact counts whatever the ties (`torch.topk` along the group).
+
+    >>> nm_hard_mask(torch.tensor([[[0.1, 0.9, 0.8, 0.2]]]), 2, 1).view(-1).tolist()
+    [False, True, True, False]
+    """
+    top = torch.topk(scores.float(), n, dim=-1).indices
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
+    return keep | ~nm_selected_groups(scores, n, groups)
 
 
 class MaskMethod:
-    """How a pruned Linear layer computes its weight during training.
+    """How the weights of a unit group are masked during training.
 
-    Lifecycle per layer: `init_module` once, `update` once per optimizer step with the number of zeros in force
-    (outside autograd), `soft_weight` in every training forward (differentiable), `hard_mask` for hardening,
-    reports and finalize (exact count).
+    Lifecycle per group: `init_group` once, `update` once per optimizer step with the number of units pruned in
+    force (outside autograd), `train_weight` in every training forward (differentiable), `eval_weight` in eval mode
+    before hardening, `hard_mask` for hardening, reports and finalize (exact count).
     """
 
     name: str = ""
@@ -43,30 +72,34 @@ class MaskMethod:
         """Build the method from a `PDPConfig` (methods read only the fields they need)."""
         return cls()
 
-    def init_module(self, module: nn.Linear) -> None:
-        """Attach the method's per-layer buffers (non-persistent: checkpoints keep plain state_dict keys)."""
+    def init_group(self, group: UnitGroup) -> None:
+        """Set up the method's per-group state in `group.state`."""
 
-    def update(self, module: nn.Linear, zeros: int, exact: bool = True) -> None:
-        """Recompute the layer's mask state for `zeros` zeros; `exact=False` allows a cheaper estimate."""
+    def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
+        """Recompute the group's mask state for `zeros` pruned units; `exact=False` allows a cheaper estimate."""
         raise NotImplementedError
 
-    def soft_weight(self, module: nn.Linear) -> torch.Tensor:
+    def train_weight(self, group: UnitGroup, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of `member` for a training forward."""
         raise NotImplementedError
 
-    def eval_weight(self, module: nn.Linear) -> torch.Tensor:
-        """Weight used in eval mode before hardening: the hard mask at the current sparsity."""
-        return module.weight * hard_mask_from_scores(self.scores(module.weight), module.pdp_zeros)
+    def eval_mask(self, group: UnitGroup) -> torch.Tensor:
+        """Unit-level keep-mask used in eval mode before hardening: the hard mask at the current sparsity."""
+        return self.hard_mask(group, group.zeros)
 
-    def scores(self, weight: torch.Tensor) -> torch.Tensor:
-        """Importance of each weight; the smallest are pruned first."""
-        return weight.detach().abs()
+    def eval_weight(self, group: UnitGroup, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return group.masked(self.eval_mask(group), member)
 
-    def hard_mask(self, module: nn.Linear, zeros: int) -> torch.Tensor:
-        return hard_mask_from_scores(self.scores(module.weight), zeros)
+    def hard_mask(self, group: UnitGroup, zeros: int) -> torch.Tensor:
+        """Exact unit-level keep-mask with `zeros` pruned units (N:M: `zeros` groups N:M-pruned)."""
+        if group.kind == "n:m":
+            return nm_hard_mask(group.scores(), group.n, zeros)
+        return hard_mask_from_scores(group.scores(), zeros)
 
-    def mask_gap(self, module: nn.Linear) -> torch.Tensor:
-        """Sum over entries of |soft mask - hard mask| (for logging); 0 when the method has no soft mask."""
-        return torch.zeros((), device=module.weight.device)
+    def mask_gap(self, group: UnitGroup) -> torch.Tensor:
+        """Sum over weights of |soft mask - hard mask| (for logging); 0 when the method has no soft mask."""
+        return torch.zeros((), device=group.weight.device)
 
-    def remove_module(self, module: nn.Linear) -> None:
-        """Delete what `init_module` attached."""
+    def remove_group(self, group: UnitGroup) -> None:
+        """Drop what `init_group` and `update` attached."""
+        group.state.clear()

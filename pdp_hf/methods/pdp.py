@@ -15,10 +15,9 @@ Choices where the paper is silent (documented in README):
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from ..selection import kth_smallest_pair, sampled_kth_pair
-from .base import MaskMethod, remove_buffer
+from ..units import Member, UnitGroup
+from .base import MaskMethod, nm_selected_groups
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -91,6 +90,10 @@ def relative_tau(threshold: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 class PDPMethod(MaskMethod):
+    """PDP on any granularity: the threshold ranks unit norms (|w| for single weights), the soft mask is
+    sigmoid((||u||^2 - t^2) / tau) broadcast over the unit. For `n:m` every group of M weights has its own
+    threshold (midpoint of its N-th and (N+1)-th largest |w|) and relative tau."""
+
     name = "pdp"
 
     def __init__(self, temperature: float, temperature_mode: str = "relative"):
@@ -101,38 +104,64 @@ class PDPMethod(MaskMethod):
     def from_config(cls, config) -> "PDPMethod":
         return cls(config.temperature, config.temperature_mode)
 
-    def init_module(self, module: nn.Linear) -> None:
-        device = module.weight.device
-        module.register_buffer("pdp_threshold", torch.zeros((), device=device), persistent=False)
-        module.register_buffer("pdp_tau", torch.full((), self.temperature, device=device), persistent=False)
-
     @torch.no_grad()
-    def update(self, module: nn.Linear, zeros: int, exact: bool = True) -> None:
-        t = pdp_threshold(module.weight, zeros, exact)
-        # Re-assigned (not copied into) so they stay float32 even after model.half() or an fp16 engine cast them.
-        module.pdp_threshold = t.float()
-        if self.temperature_mode == "relative":
-            module.pdp_tau = relative_tau(t, self.temperature)
+    def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
+        if group.kind == "n:m":
+            t = nm_threshold(group.scores(), group.n, zeros)
+        elif group.kind == "unstructured":
+            t = pdp_threshold(group.weight, zeros, exact)
         else:
-            module.pdp_tau = torch.full((), self.temperature, device=t.device)
+            t = pdp_threshold(group.scores(), zeros, exact)
+        # Plain float32 tensors in the group's state (not module buffers): they stay float32 after model.half(),
+        # and DDP does not broadcast them (every rank computes them from the same weights).
+        group.state["threshold"] = t.float()
+        if self.temperature_mode == "relative":
+            group.state["tau"] = relative_tau(t, self.temperature)
+        else:
+            group.state["tau"] = torch.full((), self.temperature, device=t.device)
 
-    def soft_weight(self, module: nn.Linear) -> torch.Tensor:
+    def soft_mask(self, group: UnitGroup) -> torch.Tensor:
+        """Unit-level soft mask in float32 (differentiable through the unit norms)."""
+        with torch.autocast(device_type=group.weight.device.type, enabled=False):
+            t2 = group.state["threshold"].square()
+            return torch.sigmoid((group.squared_norms() - t2) / group.state["tau"])
+
+    def train_weight(self, group: UnitGroup, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = member.module.weight
+        if group.kind in ("unstructured", "n:m"):
+            # The fused Function: one weight per unit, so the mask needs no norm and no autograd graph of its own.
+            shape = group.unit_shape
+            masked = pdp_masked_weight(weight.view(shape), group.state["threshold"], group.state["tau"])
+            return masked.view(weight.shape), member.module.bias
         # Mask math in float32 even under fp16/bf16 autocast; the matmul that follows is autocast as usual.
-        return pdp_masked_weight(module.weight, module.pdp_threshold, module.pdp_tau)
+        masked_weight, bias = group.masked(self.soft_mask(group), member)
+        return masked_weight.to(weight.dtype), bias if bias is None else bias.to(weight.dtype)
 
-    @staticmethod
-    def _threshold_keep(module: nn.Linear) -> torch.Tensor:
-        # |w| >= t equals the exact top-k mask unless magnitudes tie at the boundary; no selection needed.
-        return module.weight.float().square() >= module.pdp_threshold.square()
-
-    def eval_weight(self, module: nn.Linear) -> torch.Tensor:
-        return module.weight * self._threshold_keep(module)
+    def eval_mask(self, group: UnitGroup) -> torch.Tensor:
+        # ||u|| >= t equals the exact top-k mask unless norms tie at the boundary; no selection needed.
+        with torch.no_grad():
+            return group.squared_norms() >= group.state["threshold"].square()
 
     @torch.no_grad()
-    def mask_gap(self, module: nn.Linear) -> torch.Tensor:
-        soft = pdp_soft_mask(module.weight, module.pdp_threshold, module.pdp_tau)
-        return (soft - self._threshold_keep(module).float()).abs().sum()
+    def mask_gap(self, group: UnitGroup) -> torch.Tensor:
+        soft = pdp_soft_mask_of(group)
+        gap = (soft - self.eval_mask(group).float()).abs().sum()
+        return gap * (group.numel // soft.numel())
 
-    def remove_module(self, module: nn.Linear) -> None:
-        for name in ("pdp_threshold", "pdp_tau"):
-            remove_buffer(module, name)
+
+def pdp_soft_mask_of(group: UnitGroup) -> torch.Tensor:
+    t2 = group.state["threshold"].float().square()
+    return torch.sigmoid((group.squared_norms().detach() - t2) / group.state["tau"])
+
+
+def nm_threshold(scores: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """Per-group PDP threshold for N:M, shaped (rows, G, 1): the midpoint of the N-th and (N+1)-th largest |w| of
+    each of the `groups` selected groups (see `nm_selected_groups`); 0 (nothing pruned) in the others.
+
+    >>> nm_threshold(torch.tensor([[[0.1, 0.9, 0.8, 0.2]]]), 2, 1).view(-1).tolist()
+    [0.5]
+    """
+    m = scores.shape[-1]
+    ordered = torch.sort(scores.float(), dim=-1).values
+    t = 0.5 * (ordered[..., m - n - 1 : m - n] + ordered[..., m - n : m - n + 1])
+    return torch.where(nm_selected_groups(scores, n, groups), t, torch.zeros_like(t))

@@ -1,0 +1,71 @@
+"""Pruning state in Trainer checkpoints: `pruning_state.safetensors` (budgets, hardened masks) and the config.
+
+Checkpoints keep the dense weights under their usual state_dict keys; this file holds what else a resumed run
+needs to continue exactly: the per-group budgets fixed at pruning start and, once hardened, each group's
+unit-level keep-mask (for `unstructured` a weight-shaped mask named after its module, as in pdp_hf 0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .config import PDPConfig
+
+STATE_NAME = "pruning_state.safetensors"
+
+
+def save_state(pruner, directory: str) -> None:
+    """Write `pruning_state.safetensors` and `pruning_config.json` of `pruner` into `directory`."""
+    from safetensors.torch import save_file
+
+    from .version import __version__
+
+    tensors = {}
+    if pruner.hardened:
+        tensors = {f"mask.{g.name}": g.hard_mask.contiguous().cpu() for g in pruner.groups}
+    metadata = {
+        "pdp_hf_version": __version__,
+        "budgets": json.dumps(pruner.budgets),
+        "hardened": json.dumps(pruner.hardened),
+        "modules": json.dumps(list(pruner.modules)),
+        "groups": json.dumps({g.name: g.describe() for g in pruner.groups}),
+    }
+    os.makedirs(directory, exist_ok=True)
+    save_file(tensors, os.path.join(directory, STATE_NAME), metadata=metadata)
+    pruner.config.save_pretrained(directory)
+
+
+def load_state(pruner, directory: str) -> None:
+    """Restore budgets and hardened masks from a checkpoint written by `save_state` with the same config."""
+    from safetensors import safe_open
+
+    path = os.path.join(directory, STATE_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{directory} has no {STATE_NAME}: it was not written by PrunerTrainer, so its pruning state is unknown."
+        )
+    saved = PDPConfig.from_pretrained(directory)
+    if saved != pruner.config:
+        diff = {k: (v, getattr(pruner.config, k)) for k, v in saved.to_dict().items() if getattr(pruner.config, k) != v}
+        raise ValueError(
+            f"Checkpoint {directory} was made with another PDPConfig; differing fields (checkpoint, now): {diff}. "
+            "Resume with the checkpoint's config (PDPConfig.from_pretrained(checkpoint_dir))."
+        )
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+        if json.loads(meta.get("modules", "[]")) != list(pruner.modules):
+            raise ValueError(f"Checkpoint {directory} prunes other modules than this model's targets.")
+        groups = json.loads(meta["groups"]) if "groups" in meta else None
+        if groups is not None and list(groups) != [g.name for g in pruner.groups]:
+            raise ValueError(f"Checkpoint {directory} has other pruning units than this model: {list(groups)}.")
+        budgets = json.loads(meta.get("budgets", "null"))
+        pruner.budgets = None if budgets is None else {k: int(v) for k, v in budgets.items()}
+        pruner.hardened = json.loads(meta.get("hardened", "false"))
+        for group in pruner.groups:
+            group.state.clear()  # nothing from an earlier run in this process may survive
+            if pruner.hardened:
+                group.hard_mask = f.get_tensor(f"mask.{group.name}").to(group.weight.device)
+                group.zeros = pruner.budgets[group.name]
+            else:
+                group.hard_mask, group.zeros = None, 0

@@ -1,0 +1,322 @@
+"""Pruning units: what one mask entry covers, and which weights (and biases) it spans.
+
+A *granularity* turns the targeted Linear layers into `UnitGroup`s. A group is a set of units that share one budget
+under `sparsity_distribution="uniform"`, and each unit lives or dies as a whole:
+
+| granularity    | one group                                  | one unit                                                   |
+|----------------|--------------------------------------------|------------------------------------------------------------|
+| `unstructured` | one targeted matrix                        | one weight                                                 |
+| `block`        | one targeted matrix                        | a `block_size` x `block_size` tile                         |
+| `n:m`          | one targeted matrix                        | a group of M consecutive weights along the input dimension, of which N stay |
+| `neuron`       | the FFN of one layer (FFN-in + FFN-out)    | FFN-in row i + its bias entry + FFN-out column i           |
+| `head`         | the attention of one layer (Q, K, V, out)  | the head's rows of Q, K, V + their bias entries, and its columns of the output projection |
+
+Every unit has one score, its L2 norm over all the weights it spans (|w| for a single weight); methods rank and
+mask units by it. Biases follow their unit's mask but are not part of the score (they are not counted as pruned
+weights either: sparsity is counted on weight matrices). `expand` broadcasts a unit-level mask onto each member
+weight and bias, so the masked forward, hardening, finalize and reports all read the same mask.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .targets import role_of
+
+ROLE_GROUPS = {"attention": ("query", "key", "value", "attn_out"), "ffn": ("ffn_in", "ffn_out")}
+STRUCTURED = ("neuron", "head")
+
+
+@dataclass
+class Member:
+    """One Linear layer of a group; for neurons/heads, `axis` 0 means units are row blocks (output features, with
+    their bias entries) and 1 column blocks (input features) of `width` each."""
+
+    name: str
+    module: nn.Linear
+    axis: int = 0
+    width: int = 1
+
+
+@dataclass(eq=False)
+class UnitGroup:
+    """Units that share one budget (uniform) and one set of method state.
+
+    `zeros` is the number of units pruned in force now, `budget` the final number, `hard_mask` the fixed boolean
+    keep-mask over units after hardening (None before). Methods keep their per-group tensors in `state`: plain
+    attributes, not module buffers, so DDP never broadcasts them (every rank computes them from the same weights).
+    """
+
+    name: str
+    kind: str
+    members: list[Member]
+    pool: str
+    block_size: int = 0
+    n: int = 0
+    m: int = 0
+    zeros: int = 0
+    budget: int | None = None
+    hard_mask: torch.Tensor | None = None
+    state: dict = field(default_factory=dict)
+
+    # -- shape ----------------------------------------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight of the first member (the only one for per-matrix granularities)."""
+        return self.members[0].module.weight
+
+    @property
+    def unit_shape(self) -> tuple[int, ...]:
+        rows, cols = self.weight.shape
+        if self.kind == "unstructured":
+            return (rows, cols)
+        if self.kind == "block":
+            return (rows // self.block_size, cols // self.block_size)
+        if self.kind == "n:m":
+            return (rows, cols // self.m, self.m)
+        first = self.members[0]
+        return (first.module.weight.shape[first.axis] // first.width,)
+
+    @property
+    def num_units(self) -> int:
+        """Units that a budget counts: weights, tiles, N:M groups (each pruning M - N weights), neurons or heads."""
+        shape = self.unit_shape
+        return shape[0] * shape[1] if self.kind == "n:m" else int(torch.Size(shape).numel())
+
+    @property
+    def numel(self) -> int:
+        """Weights spanned by the group (biases not counted)."""
+        return sum(member.module.weight.numel() for member in self.members)
+
+    def pruned_weights(self, units: int) -> int:
+        """Weights zeroed when `units` units are pruned."""
+        if self.kind == "n:m":
+            return units * (self.m - self.n)
+        return units * (self.numel // self.num_units)
+
+    # -- scores ---------------------------------------------------------------------------------------------------
+    def squared_norms(self, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Squared L2 norm of each unit in float32, differentiable, shaped `unit_shape` (w^2 for single weights).
+
+        `weights` (member name -> tensor) replaces the members' current weights, e.g. to count pruned units of
+        masked weights."""
+        def weight_of(member: Member) -> torch.Tensor:
+            return member.module.weight if weights is None else weights[member.name]
+
+        if self.kind in ("unstructured", "n:m"):
+            return weight_of(self.members[0]).float().square().view(self.unit_shape)
+        if self.kind == "block":
+            b = self.block_size
+            rows, cols = self.unit_shape
+            return weight_of(self.members[0]).float().square().view(rows, b, cols, b).sum(dim=(1, 3))
+        total = None
+        for member in self.members:
+            w2 = weight_of(member).float().square()
+            part = w2.view(-1, member.width, w2.shape[1]).sum(dim=(1, 2)) if member.axis == 0 else (
+                w2.view(w2.shape[0], -1, member.width).sum(dim=(0, 2))
+            )
+            total = part if total is None else total + part
+        return total
+
+    @torch.no_grad()
+    def scores(self) -> torch.Tensor:
+        """Importance of each unit: its L2 norm (|w| for single weights), detached, float32."""
+        if self.kind in ("unstructured", "n:m"):
+            return self.weight.detach().abs().float().view(self.unit_shape)
+        return self.squared_norms().sqrt()
+
+    # -- masks ----------------------------------------------------------------------------------------------------
+    def expand(self, mask: torch.Tensor, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A unit-level mask (bool or float) as (weight mask, bias mask or None) of one member."""
+        shape = member.module.weight.shape
+        if self.kind in ("unstructured", "n:m"):
+            return mask.reshape(shape), None
+        if self.kind == "block":
+            b = self.block_size
+            return mask.repeat_interleave(b, 0).repeat_interleave(b, 1), None
+        per_feature = mask.repeat_interleave(member.width)
+        if member.axis == 0:
+            return per_feature[:, None], per_feature
+        return per_feature[None, :], None
+
+    def masked(self, mask: torch.Tensor, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of `member` with a unit-level mask applied (bias None when the mask does not touch it)."""
+        module = member.module
+        weight_mask, bias_mask = self.expand(mask, member)
+        bias = module.bias * bias_mask if bias_mask is not None and module.bias is not None else module.bias
+        return module.weight * weight_mask, bias
+
+    def describe(self) -> str:
+        if self.kind == "block":
+            return f"block {self.block_size}x{self.block_size}"
+        if self.kind == "n:m":
+            return f"{self.n}:{self.m}"
+        return self.kind
+
+
+def parse_role_map(value: str, what: str, allowed: tuple[str, ...] | None = None) -> dict[str, str]:
+    """`"head"` -> {"*": "head"}; `"attention=head,ffn=neuron"` -> {"attention": "head", "ffn": "neuron"}.
+
+    >>> parse_role_map("attention=head, ffn=neuron", "granularity")
+    {'attention': 'head', 'ffn': 'neuron'}
+    """
+    if "=" not in value:
+        if allowed is not None and value.strip() not in allowed:
+            raise ValueError(
+                f"PDPConfig.{what}={value!r} is invalid: choose one of {list(allowed)}, or map role groups "
+                "to them, e.g. 'attention=head,ffn=neuron'."
+            )
+        return {"*": value.strip()}
+    mapping: dict[str, str] = {}
+    for part in value.split(","):
+        key, sep, item = (p.strip() for p in part.partition("="))
+        if not sep or key not in ROLE_GROUPS or key in mapping or not item:
+            raise ValueError(
+                f"PDPConfig.{what}={value!r} is invalid: write one value for all targets, or "
+                f"'attention=...,ffn=...' with each of {sorted(ROLE_GROUPS)} at most once."
+            )
+        if allowed is not None and item not in allowed:
+            raise ValueError(f"PDPConfig.{what}={value!r} is invalid: {item!r} is not one of {list(allowed)}.")
+        mapping[key] = item
+    return mapping
+
+
+def _layer_match(name: str) -> re.Match:
+    match = re.search(r"\.(\d+)\.", name)
+    if match is None:
+        raise ValueError(f"Cannot tell the layer index of {name!r}; structured granularities need numbered layers.")
+    return match
+
+
+def _layer_index(name: str) -> int:
+    return int(_layer_match(name).group(1))
+
+
+def role_map(model: nn.Module, names: list[str]) -> dict[int, dict[str, str]]:
+    """Layer index -> {role: module name} for the targeted modules whose role the architecture table knows."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    layers: dict[int, dict[str, str]] = {}
+    for name in names:
+        role = role_of(model_type, name)
+        if role != "other":
+            layers.setdefault(_layer_index(name), {})[role] = name
+    return layers
+
+
+def _num_heads(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for attr in ("num_attention_heads", "n_heads"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError("Head granularity needs the model's head count (config.num_attention_heads); none was found.")
+
+
+def _granularity_of(name: str, role: str, mapping: dict[str, str]) -> str | None:
+    if "*" in mapping:
+        return mapping["*"]
+    for group, roles in ROLE_GROUPS.items():
+        if role in roles:
+            return mapping.get(group)
+    return None
+
+
+def build_unit_groups(model: nn.Module, names: list[str], config, explicit: bool | None = None) -> list[UnitGroup]:
+    """Unit groups for the targeted modules `names` under `config.granularity` (one name, or a role-group map).
+
+    Per-matrix granularities make one group per matrix, in model order; `neuron` one group per layer's FFN and
+    `head` one per layer's attention. A default target that the granularity does not cover (the attention layers
+    under `granularity="neuron"`, the FFN under `"head"` or a map without `ffn=`) stays dense and is not a target;
+    an explicitly listed one (`target_modules`) is an error, as is a granularity that covers nothing.
+    """
+    explicit = config.target_modules is not None if explicit is None else explicit
+    mapping = parse_role_map(config.granularity, "granularity")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    roles = {name: role_of(model_type, name) for name in names}
+    layers = role_map(model, names)
+    n, m = config.nm_pair()
+    groups: list[UnitGroup] = []
+    done: set[str] = set()
+    for name in names:
+        if name in done:
+            continue
+        kind = _granularity_of(name, roles[name], mapping)
+        covered = kind is not None and (kind not in STRUCTURED or roles[name] in _roles_of(kind))
+        if not covered:
+            if explicit:
+                raise ValueError(_not_covered(config.granularity, name, roles[name], kind))
+            continue
+        module = model.get_submodule(name)
+        if kind in STRUCTURED:
+            group = _structured_group(model, name, kind, layers)
+            groups.append(group)
+            done.update(member.name for member in group.members)
+            continue
+        _check_divisible(name, module, kind, config.block_size, m)
+        pool = "element" if kind == "unstructured" else kind
+        groups.append(UnitGroup(name, kind, [Member(name, module)], pool, block_size=config.block_size, n=n, m=m))
+        done.add(name)
+    if not groups:
+        raise ValueError(
+            f"PDPConfig.granularity={config.granularity!r} covers none of the targets ({', '.join(names[:6])}"
+            f"{', ...' if len(names) > 6 else ''}); 'neuron' needs FFN in/out layers, 'head' attention Q/K/V/output."
+        )
+    return groups
+
+
+def _roles_of(kind: str) -> tuple[str, ...]:
+    return ROLE_GROUPS["ffn" if kind == "neuron" else "attention"]
+
+
+def _not_covered(granularity: str, name: str, role: str, kind: str | None) -> str:
+    if kind is None:
+        return (
+            f"PDPConfig.granularity={granularity!r} covers no granularity for {name!r} (role {role!r}); give one "
+            "granularity for all targets, or narrow target_modules."
+        )
+    return f"Granularity {kind!r} covers roles {list(_roles_of(kind))}; {name!r} has role {role!r}: narrow target_modules."
+
+
+def _structured_group(model, name: str, kind: str, layers) -> UnitGroup:
+    needed = _roles_of(kind)
+    index = _layer_index(name)
+    present = layers.get(index, {})
+    missing = [r for r in needed if r not in present]
+    if missing:
+        raise ValueError(
+            f"Granularity {kind!r} prunes whole {kind}s, which span {list(needed)} of a layer; layer {index} targets "
+            f"lack {missing}. Target all of them (the default targets do) or use a per-weight granularity."
+        )
+    modules = {r: model.get_submodule(present[r]) for r in needed}
+    if kind == "neuron":
+        members = [Member(present["ffn_in"], modules["ffn_in"], 0, 1), Member(present["ffn_out"], modules["ffn_out"], 1, 1)]
+        units = modules["ffn_in"].out_features
+        if modules["ffn_out"].in_features != units:
+            raise ValueError(f"Layer {index}: FFN-in has {units} outputs but FFN-out {modules['ffn_out'].in_features} inputs.")
+    else:
+        heads = _num_heads(model)
+        width = modules["query"].out_features // heads
+        sizes = {r: (modules[r].in_features if r == "attn_out" else modules[r].out_features) for r in needed}
+        if any(size != heads * width for size in sizes.values()):
+            raise ValueError(f"Layer {index}: attention sizes {sizes} do not split into {heads} heads of {width}.")
+        members = [Member(present[r], modules[r], 1 if r == "attn_out" else 0, width) for r in needed]
+    prefix = name[: _layer_match(name).end(1)]  # e.g. "bert.encoder.layer.3"
+    return UnitGroup(f"{prefix}:{kind}s", kind, members, pool=kind)
+
+
+def _check_divisible(name: str, module: nn.Linear, kind: str, block_size: int, m: int) -> None:
+    rows, cols = module.weight.shape
+    if kind == "block" and (rows % block_size or cols % block_size):
+        raise ValueError(
+            f"{name} has a {rows}x{cols} weight, which {block_size}x{block_size} blocks do not tile; choose a "
+            f"block_size that divides both sides, or exclude the layer with target_modules."
+        )
+    if kind == "n:m" and cols % m:
+        raise ValueError(
+            f"{name} has {cols} input features, not a multiple of M={m}: N:M groups run along the input dimension. "
+            "Choose another n_m or exclude the layer with target_modules."
+        )
