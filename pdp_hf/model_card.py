@@ -21,6 +21,7 @@ _AUTO_CLASSES = {
 }
 _METHOD_TEXT = {
     "pdp": "PDP, Parameter-free Differentiable Pruning (Cho et al., NeurIPS 2023, arXiv:2305.11203)",
+    "magnitude": "gradual magnitude pruning (Zhu & Gupta 2017, arXiv:1710.01878)",
 }
 
 

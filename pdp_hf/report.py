@@ -111,6 +111,11 @@ def format_report(report: dict) -> str:
         lines.append(f"| `{name}` | {row['role']} | {shape} | {row['zeros']:,} | {row['sparsity']:.4f} |")
     t = report["total"]
     lines.append(f"| **total** | | {t['numel']:,} | {t['zeros']:,} | {t['sparsity']:.4f} |")
+    structured = {k: v for k, v in report.get("units", {}).items() if v["granularity"] != "unstructured"}
+    if structured:
+        lines += ["", "| unit group | granularity | units | pruned units |", "|---|---|---:|---:|"]
+        for name, row in structured.items():
+            lines.append(f"| `{name}` | {row['granularity']} | {row['units']:,} | {row['pruned_units']:,} |")
     return "\n".join(lines)
 
 

@@ -241,6 +241,11 @@ def test_export_loads_in_plain_transformers_with_equal_logits(factory, dataset, 
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model.eval()(**inputs).logits, rtol=0, atol=1e-5)
     check_structure(loaded, name)
+    card = open(f"{folder}/README.md", encoding="utf-8").read()
+    if name == "2:4":
+        assert "| granularity | n:m (`n_m`=2:4) |" in card
+    if name == "mixed":
+        assert "| granularity | attention=head,ffn=neuron |" in card and "| unit group | granularity | units | pruned units |" in card
 
 
 def test_structured_granularity_needs_every_member(make_args):
@@ -286,3 +291,20 @@ def test_finalize_leaves_plain_model_for_structured():
     assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert not any(k.startswith("pdp_") for m in model.modules() for k in vars(m))
     check_structure(model, "mixed")
+
+
+def test_structured_export_loads_where_pdp_hf_cannot_be_imported(make_args, tmp_path):
+    from tests.test_export import load_elsewhere
+
+    model = tiny_bert()
+    config = PDPConfig(**GRANULARITIES["mixed"])
+    trainer = PrunerTrainer(model=model, args=make_args(max_steps=8), train_dataset=text_dataset(), pdp_config=config)
+    trainer.train()
+    folder = trainer.export_pruned(str(tmp_path / "export"))
+    inputs = {"input_ids": torch.randint(1, 60, (3, 8))}
+    out = load_elsewhere(folder, inputs, "AutoModelForSequenceClassification", tmp_path)
+    assert not out["pdp_loaded"]
+    with torch.no_grad():
+        torch.testing.assert_close(out["logits"], model.eval()(**inputs).logits, rtol=0, atol=1e-5)
+    ffn_in = "bert.encoder.layer.0.intermediate.dense"
+    assert out["zeros"][ffn_in] == 32 * 32  # 32 of 64 neurons, rows of 32 weights
