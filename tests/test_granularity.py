@@ -209,13 +209,16 @@ def test_nm_ramp_prunes_cheapest_groups_first():
     assert nm_hard_mask(scores, 2, 3).sum(-1).view(-1).tolist() == [2, 2, 2]
 
 
-@pytest.mark.parametrize("name", ["2:4", "neuron", "head", "block", "mixed"])
-def test_resume_mid_ramp_is_bit_identical(tmp_path, name):
+@pytest.mark.parametrize(
+    "name,overrides",
+    [("2:4", {}), ("neuron", {}), ("head", {}), ("block", {}), ("mixed", {}), ("mixed", {"sparsity_distribution": "global"})],
+)
+def test_resume_mid_ramp_is_bit_identical(tmp_path, name, overrides):
     from tests.conftest import training_args
 
     def run(output_dir, resume=None):
         model = tiny_bert(seed=1)
-        config = PDPConfig(pruning_start=0.1, pruning_end=0.6, harden_at=0.8, threshold_refresh_steps=4, **GRANULARITIES[name])
+        config = PDPConfig(pruning_start=0.1, pruning_end=0.6, harden_at=0.8, threshold_refresh_steps=4, **GRANULARITIES[name], **overrides)
         args = training_args(output_dir, save_strategy="steps", save_steps=6)
         PrunerTrainer(model=model, args=args, train_dataset=text_dataset(), pdp_config=config).train(resume_from_checkpoint=resume)
         return model
@@ -224,7 +227,8 @@ def test_resume_mid_ramp_is_bit_identical(tmp_path, name):
     resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-6"))
     for (key, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
-    check_structure(resumed, name)
+    if not overrides:  # global budgets differ by layer; the per-layer counts hold for uniform
+        check_structure(resumed, name)
 
 
 @pytest.mark.parametrize("factory,dataset", MODELS, ids=lambda f: getattr(f, "__name__", ""))
