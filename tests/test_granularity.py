@@ -312,3 +312,18 @@ def test_structured_export_loads_where_pdp_hf_cannot_be_imported(make_args, tmp_
         torch.testing.assert_close(out["logits"], model.eval()(**inputs).logits, rtol=0, atol=1e-5)
     ffn_in = "bert.encoder.layer.0.intermediate.dense"
     assert out["zeros"][ffn_in] == 32 * 32  # 32 of 64 neurons, rows of 32 weights
+
+
+@pytest.mark.parametrize("method", ["pdp", "magnitude"])
+def test_pruning_state_is_not_in_module_buffers(method):
+    """DDP broadcasts module buffers from rank 0 at every forward; pruning state must not be among them (each
+    rank computes it from its own identical weights), during the ramp and after hardening."""
+    reference = [name for name, _ in tiny_bert().named_buffers()]
+    model = apply_pruning(tiny_bert(), PDPConfig(method=method, granularity="attention=head,ffn=unstructured",
+                                                 target_sparsity=0.5, pruning_start=0, pruning_end=2, harden_at=3))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(4)
+    for step in range(4):
+        pruner.step(step)
+        assert [name for name, _ in model.named_buffers()] == reference
+    assert pruner.hardened
