@@ -16,6 +16,7 @@ from .injection import apply_pruning, finalize_pruning, get_pruner
 from .report import sparsity_report
 from .compressed import load_pruned
 from .export import export_pruned
+from .inference import optimize_for_inference
 from .trainer import PrunerTrainer, PruningCallback
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "sparsity_report",
     "export_pruned",
     "load_pruned",
+    "optimize_for_inference",
     "__version__",
 ]

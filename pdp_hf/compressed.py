@@ -65,8 +65,11 @@ def save_compressed(model: nn.Module, directory: str, sparse_modules: list[str])
     return path
 
 
-def load_pruned(directory: str, model_class=None, **kwargs) -> nn.Module:
+def load_pruned(directory: str, model_class=None, optimize: bool | str = False, **kwargs) -> nn.Module:
     """Load an export: a compressed folder is rebuilt bit-exactly; a plain one goes through `from_pretrained`.
+
+    `optimize=True` (or a backend name) then runs `pdp_hf.optimize_for_inference` on it ("auto" for True): pruned
+    neurons and heads are cut out per layer and sparse kernels are used where they win, with equal outputs.
 
     Example:
 
@@ -76,7 +79,6 @@ def load_pruned(directory: str, model_class=None, **kwargs) -> nn.Module:
     ```
     """
     import transformers
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(directory)
@@ -86,7 +88,19 @@ def load_pruned(directory: str, model_class=None, **kwargs) -> nn.Module:
         model_class = model_class or AutoModel
     path = os.path.join(directory, COMPRESSED_WEIGHTS_NAME)
     if not os.path.isfile(path):
-        return model_class.from_pretrained(directory, **kwargs)
+        model = model_class.from_pretrained(directory, **kwargs)
+    else:
+        model = _load_compressed(path, config, model_class, **kwargs)
+    if optimize:
+        from .inference import optimize_for_inference
+
+        optimize_for_inference(model, "auto" if optimize is True else optimize)
+    return model.eval()
+
+
+def _load_compressed(path: str, config, model_class, **kwargs) -> nn.Module:
+    from safetensors import safe_open
+
     with safe_open(path, framework="pt") as f:
         metadata = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -94,7 +108,7 @@ def load_pruned(directory: str, model_class=None, **kwargs) -> nn.Module:
     build = getattr(model_class, "from_config", None) or model_class._from_config  # Auto* or a model class
     model = build(config, **kwargs)
     _load_exact(model, state, path)
-    return model.eval()
+    return model
 
 
 def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:

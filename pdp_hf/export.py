@@ -14,6 +14,7 @@ from .config import PDPConfig
 from .injection import _unwrap, finalize_pruning, get_pruner
 from .compressed import save_compressed
 from .model_card import render_model_card
+from .inference import shrink_neurons_for_config
 from .report import sparsity_report
 
 REPORT_NAME = "sparsity_report.json"
@@ -56,6 +57,7 @@ def export_pruned(
     eval_results: list | None = None,
     command: str | None = None,
     compressed: bool = False,
+    shrink: bool = False,
 ) -> str:
     """Write a pruned model that loads with plain `AutoModelFor*.from_pretrained(output_dir)`.
 
@@ -63,7 +65,11 @@ def export_pruned(
     `pruning_config.json`, `sparsity_report.json` and a model card (`README.md`). With `compressed=True` each
     pruned matrix is stored as a bitmask plus its nonzero values (`model.pdp-compressed.safetensors`, about 0.13x
     the dense size at 90% sparsity); such a folder loads with `pdp_hf.load_pruned(dir)`, bit-exactly, and needs
-    pdp_hf. The default (zeros stored) loads anywhere. A model that still carries
+    pdp_hf. The default (zeros stored) loads anywhere. With `shrink=True`, pruned FFN neurons are cut out of the
+    matrices and the config's FFN size shrinks (every layer must have lost the same number of neurons): the folder
+    is smaller, runs faster and still loads with plain `from_pretrained`; pruned heads stay as zeros there (a
+    Transformers config cannot express fewer heads), `pdp_hf.load_pruned(dir, optimize=True)` slices them at load.
+    A model that still carries
     masks is finalized on a copy; the model passed in is left as it is. The export is written to a staging folder
     next to `output_dir` and renamed into place, so an interrupted export never damages a previous one.
 
@@ -82,6 +88,11 @@ def export_pruned(
         pdp_config = pdp_config or pruner.config
         model = finalize_pruning(copy.deepcopy(model))
     report = sparsity_report(model, config=pdp_config)
+    shrunk_to = None
+    if shrink:
+        if pruner is None:
+            model = copy.deepcopy(model)  # the caller's model keeps its shapes
+        shrunk_to = shrink_neurons_for_config(model)
 
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
@@ -107,6 +118,7 @@ def export_pruned(
             load_path=output_dir,
             command=command,
             compressed=compressed,
+            shrunk_to=shrunk_to,
         )
         card.save(os.path.join(staging, "README.md"))
         _move_into_place(staging, output_dir)

@@ -64,6 +64,7 @@ def render_model_card(
     load_path: str = "path/to/this/folder",
     command: str | None = None,
     compressed: bool = False,
+    shrunk_to: int | None = None,
     pipeline_tag: str | None = None,
 ) -> ModelCard:
     """Render the card. `eval_results` are `huggingface_hub.EvalResult`s and become `model-index` metadata."""
@@ -100,6 +101,7 @@ def render_model_card(
         model_parameters=report["model"]["parameters"],
         model_zero_fraction=report["model"]["zeros_in_targets_over_all_parameters"],
         compressed=compressed,
+        shrunk_to=shrunk_to,
         auto_class=auto_class_for(architectures),
         load_path=load_path,
         base_model_text=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "not recorded",

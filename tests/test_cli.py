@@ -63,3 +63,27 @@ def test_export_refuses_plain_folder(tmp_path):
     with pytest.raises(SystemExit, match="not a PrunerTrainer checkpoint"):
         main(["export", str(tmp_path / "plain"), str(tmp_path / "exp")])
     assert sparsity_report(model)["total"]["zeros"] == 0
+
+
+def test_structured_checkpoint_report_and_export(tmp_path, capsys):
+    """A mid-ramp neuron+head checkpoint: the report shows pruned units at the checkpoint's schedule position, and
+    the export holds whole zero neurons and heads."""
+    import json
+
+    from tests.conftest import training_args
+
+    out = tmp_path / "structured"
+    config = PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5, pruning_start=2, pruning_end=10, harden_at=16)
+    PrunerTrainer(
+        model=tiny_bert(), args=training_args(out, save_strategy="steps", save_steps=6), train_dataset=text_dataset(),
+        pdp_config=config,
+    ).train()
+    capsys.readouterr()
+    assert main(["report", str(out / "checkpoint-6"), "--json"]) == 0
+    units = json.loads(capsys.readouterr().out)["units"]
+    assert units["bert.encoder.layer.0:neurons"]["pruned_units"] == round(0.5 * 32)  # half the ramp of 32 neurons
+    assert main(["export", str(out / "checkpoint-18"), str(tmp_path / "exp")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "exp")]) == 0
+    text = capsys.readouterr().out
+    assert "| `bert.encoder.layer.1:heads` | head | 2 | 1 |" in text and "| `bert.encoder.layer.1:neurons` | neuron | 64 | 32 |" in text
