@@ -65,7 +65,13 @@ def load_state(pruner, directory: str) -> None:
         for group in pruner.groups:
             group.state.clear()  # nothing from an earlier run in this process may survive
             if pruner.hardened:
-                group.hard_mask = f.get_tensor(f"mask.{group.name}").to(group.weight.device)
+                mask = f.get_tensor(f"mask.{group.name}")
+                if tuple(mask.shape) != tuple(group.unit_shape):
+                    raise ValueError(
+                        f"Checkpoint {directory}: the mask of {group.name} has shape {tuple(mask.shape)}, but this "
+                        f"model's {group.describe()} units have shape {tuple(group.unit_shape)}."
+                    )
+                group.hard_mask = mask.to(group.weight.device)
                 group.zeros = pruner.budgets[group.name]
             else:
                 group.hard_mask, group.zeros = None, 0

@@ -165,7 +165,14 @@ class PDPConfig:
     def _check_granularity(self) -> None:
         if not isinstance(self.granularity, str):
             raise _invalid("granularity", self.granularity, f"choose one of {list(GRANULARITIES)} or a role-group map")
-        kinds = set(self.granularities().values())
+        mapping = self.granularities()
+        kinds = set(mapping.values())
+        for group, wrong in (("attention", "neuron"), ("ffn", "head")):
+            if mapping.get(group) == wrong:
+                raise _invalid(
+                    "granularity", self.granularity, f"'{wrong}' units do not exist in the {group} layers ('neuron' is for "
+                    "ffn, 'head' for attention)"
+                )
         if not isinstance(self.n_m, str) or not re.fullmatch(r"\d+:\d+", self.n_m) or not 0 < self.nm_pair()[0] < self.nm_pair()[1]:
             raise _invalid("n_m", self.n_m, "write 'N:M' with 0 < N < M, e.g. '2:4'")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:

@@ -42,16 +42,22 @@ class PrunedLinear(nn.Linear):
     pdp_member: Member
 
     def pruned_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # `self`, not `member.module`: under nn.DataParallel a replica runs with its own copies of the weights.
         group, member = self.pdp_group, self.pdp_member
         if group.hard_mask is not None:
-            if group.hard_mask.device != self.weight.device:  # the model was moved after hardening
-                group.hard_mask = group.hard_mask.to(self.weight.device)
-            return group.masked(group.hard_mask, member)
+            return group.masked(group.hard_mask, member, self)
         if group.zeros == 0:
             return self.weight, self.bias
         if self.training:
-            return self.pdp_method.train_weight(group, member)
-        return self.pdp_method.eval_weight(group, member)
+            return self.pdp_method.train_weight(group, member, self)
+        return self.pdp_method.eval_weight(group, member, self)
+
+    def _apply(self, fn, recurse=True):
+        # The mask state is not made of buffers (DDP would broadcast those every step); it follows .to()/.cuda()
+        # here instead, keeping its own dtypes.
+        super()._apply(fn, recurse)
+        self.pdp_group.to_device(self.weight.device)
+        return self
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = self.pruned_weight_and_bias()
@@ -271,6 +277,7 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
     if not pruner.hardened:
         pruner.harden()
     for group in pruner.groups:
+        group.to_device(group.weight.device)
         for member in group.members:
             weight_mask, bias_mask = group.expand(group.hard_mask, member)
             module = member.module

@@ -89,6 +89,7 @@ class PrunerTrainer(Trainer):
                 "(pruned) model instead, or export a chosen checkpoint with `pdp-hf export CHECKPOINT OUT`."
             )
         self._refuse_sharded_weights()
+        self._refuse_data_parallel_for_structured()
         self._setup_teacher(teacher_model, distill_alpha, distill_temperature)
 
     def _refuse_sharded_weights(self) -> None:
@@ -106,6 +107,20 @@ class PrunerTrainer(Trainer):
                 f"PrunerTrainer does not support {setup}: it shards the weights, and pruning thresholds must come "
                 "from full matrices. Use DDP (torchrun / accelerate launch without FSDP) or DeepSpeed ZeRO stage 1-2."
             )
+
+    def _refuse_data_parallel_for_structured(self) -> None:
+        """Trainer wraps the model in nn.DataParallel when it sees several GPUs in one process. A neuron or head
+        spans several modules, and DataParallel's replicas cannot reach each other's weights, so those
+        granularities need one process per GPU."""
+        from transformers.training_args import ParallelMode
+
+        if self.args.n_gpu > 1 and self.args.parallel_mode == ParallelMode.NOT_DISTRIBUTED:
+            if any(len(group.members) > 1 for group in self.pruner.groups):
+                raise NotImplementedError(
+                    f"PrunerTrainer sees {self.args.n_gpu} GPUs in one process (nn.DataParallel), which granularity "
+                    f"{self.pdp_config.granularity!r} does not support: its units span several modules. Launch one "
+                    "process per GPU instead: torchrun --nproc_per_node N your_script.py (or accelerate launch)."
+                )
 
     def _setup_teacher(self, teacher, alpha: float, temperature: float) -> None:
         if not 0.0 <= alpha <= 1.0:

@@ -143,12 +143,21 @@ class UnitGroup:
             return per_feature[:, None], per_feature
         return per_feature[None, :], None
 
-    def masked(self, mask: torch.Tensor, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(weight, bias) of `member` with a unit-level mask applied (bias None when the mask does not touch it)."""
-        module = member.module
-        weight_mask, bias_mask = self.expand(mask, member)
+    def masked(self, mask: torch.Tensor, member: Member, module: nn.Linear | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of `member` with a unit-level mask applied (the bias as it is when the mask does not
+        touch it). `module` is the module that runs (a DataParallel replica of `member.module`, say)."""
+        module = member.module if module is None else module
+        weight_mask, bias_mask = self.expand(mask.to(module.weight.device), member)
         bias = module.bias * bias_mask if bias_mask is not None and module.bias is not None else module.bias
         return module.weight * weight_mask, bias
+
+    def to_device(self, device: torch.device) -> None:
+        """Move the hard mask and the method state to `device` (dtypes unchanged: thresholds stay float32)."""
+        if self.hard_mask is not None and self.hard_mask.device != device:
+            self.hard_mask = self.hard_mask.to(device)
+        for key, value in self.state.items():
+            if isinstance(value, torch.Tensor) and value.device != device:
+                self.state[key] = value.to(device)
 
     def describe(self) -> str:
         if self.kind == "block":

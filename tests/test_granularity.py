@@ -327,3 +327,78 @@ def test_pruning_state_is_not_in_module_buffers(method):
         pruner.step(step)
         assert [name for name, _ in model.named_buffers()] == reference
     assert pruner.hardened
+
+
+def test_data_parallel_replica_uses_its_own_weights():
+    """nn.DataParallel runs replicas that share the original's attributes: the forward must read the replica's
+    weights (here zeroed), not the original module's."""
+    model = apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=2))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(4)
+    pruner.step(1)
+    layer = model.bert.encoder.layer[0].intermediate.dense
+    replica = layer._replicate_for_data_parallel()
+    replica.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))
+    replica.bias = torch.nn.Parameter(torch.zeros_like(layer.bias))
+    x = torch.randn(3, 32)
+    for mode in (True, False):
+        replica.train(mode)
+        with torch.no_grad():
+            assert float(replica(x).abs().sum()) == 0.0 and float(layer.train(mode)(x).abs().sum()) > 0
+    pruner.harden()
+    with torch.no_grad():
+        assert float(replica(x).abs().sum()) == 0.0
+
+
+def test_data_parallel_refused_for_multi_module_units(make_args):
+    trainer = PrunerTrainer(model=tiny_bert(), args=make_args(), train_dataset=text_dataset(),
+                            pdp_config=PDPConfig(granularity="neuron", target_sparsity=0.5))
+    trainer.args._n_gpu = 2  # what Trainer records when one process sees two GPUs (nn.DataParallel)
+    with pytest.raises(NotImplementedError, match="granularity 'neuron' does not support.*torchrun"):
+        trainer._refuse_data_parallel_for_structured()
+    unstructured = PrunerTrainer(model=tiny_bert(), args=make_args(), train_dataset=text_dataset(), pdp_config=PDPConfig())
+    unstructured.args._n_gpu = 2
+    unstructured._refuse_data_parallel_for_structured()  # per-matrix units are fine
+
+
+@pytest.mark.parametrize("method", ["pdp", "magnitude"])
+def test_mask_state_follows_the_model_to_another_device(method):
+    """State is not in buffers, so `.to()` moves it explicitly (the meta device stands in for a GPU here)."""
+    model = apply_pruning(tiny_bert(), PDPConfig(method=method, granularity="attention=head,ffn=n:m", target_sparsity=0.5,
+                                                 pruning_start=0, pruning_end=4))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(8)
+    pruner.step(2)
+    import copy
+
+    moved = copy.deepcopy(model).to("meta")
+    tensors = [v for g in get_pruner(moved).groups for v in g.state.values() if isinstance(v, torch.Tensor)]
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    pruner.harden()
+    moved = copy.deepcopy(model).to("meta")
+    assert all(g.hard_mask.device.type == "meta" for g in get_pruner(moved).groups)
+    model.to(torch.float64)  # a dtype cast leaves the masks boolean
+    assert all(g.hard_mask.dtype == torch.bool for g in pruner.groups)
+
+
+def test_nm_groups_not_yet_pruned_are_untouched_in_training():
+    """Mid-ramp, N:M groups that are not selected yet keep mask 1 exactly (absolute tau included)."""
+    model = apply_pruning(tiny_bert(), PDPConfig(granularity="n:m", temperature=0.05, temperature_mode="absolute",
+                                                 pruning_start=0, pruning_end=4))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(8)
+    pruner.step(1)  # a quarter of the groups
+    layer = model.bert.encoder.layer[0].intermediate.dense
+    group = layer.pdp_group
+    selected = group.state["selected"]
+    assert 0 < int(selected.sum()) < selected.numel()
+    weight, _ = layer.train().pruned_weight_and_bias()
+    untouched = (~selected).expand(group.unit_shape).reshape(layer.weight.shape)
+    assert torch.equal(weight[untouched], layer.weight[untouched])
+
+
+def test_role_map_with_impossible_kinds_refused():
+    with pytest.raises(ValueError, match="'neuron' units do not exist in the attention layers"):
+        PDPConfig(granularity="attention=neuron,ffn=neuron")
+    with pytest.raises(ValueError, match="'head' units do not exist in the ffn layers"):
+        PDPConfig(granularity="attention=head,ffn=head")

@@ -8,6 +8,7 @@ weight (and bias). For `unstructured` a unit is one weight, so the mask has the 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..units import Member, UnitGroup
 
@@ -79,16 +80,17 @@ class MaskMethod:
         """Recompute the group's mask state for `zeros` pruned units; `exact=False` allows a cheaper estimate."""
         raise NotImplementedError
 
-    def train_weight(self, group: UnitGroup, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(weight, bias) of `member` for a training forward."""
+    def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of `member` for a training forward; `module` is the module that runs (`member.module`,
+        or a DataParallel replica of it, whose weights live on another device)."""
         raise NotImplementedError
 
-    def eval_mask(self, group: UnitGroup) -> torch.Tensor:
+    def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
         """Unit-level keep-mask used in eval mode before hardening: the hard mask at the current sparsity."""
         return self.hard_mask(group, group.zeros)
 
-    def eval_weight(self, group: UnitGroup, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return group.masked(self.eval_mask(group), member)
+    def eval_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return group.masked(self.eval_mask(group, module), member, module)
 
     def hard_mask(self, group: UnitGroup, zeros: int) -> torch.Tensor:
         """Exact unit-level keep-mask with `zeros` pruned units (N:M: `zeros` groups N:M-pruned)."""

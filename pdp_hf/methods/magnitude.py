@@ -10,6 +10,7 @@ same units as PDP, a hard top-k instead of a soft mask.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..selection import kth_smallest_pair
 from ..units import Member, UnitGroup
@@ -29,8 +30,8 @@ class MagnitudeMethod(MaskMethod):
         cut, _ = kth_smallest_pair(scores.reshape(-1), zeros)
         group.state["keep"] = scores > cut
 
-    def train_weight(self, group: UnitGroup, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return group.masked(group.state["keep"], member)
+    def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return group.masked(group.state["keep"], member, module)
 
-    def eval_mask(self, group: UnitGroup) -> torch.Tensor:
+    def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
         return group.state["keep"]  # the mask is already hard

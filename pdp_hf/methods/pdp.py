@@ -15,6 +15,8 @@ Choices where the paper is silent (documented in README):
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup
 from .base import MaskMethod, nm_selected_groups
@@ -107,7 +109,12 @@ class PDPMethod(MaskMethod):
     @torch.no_grad()
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
         if group.kind == "n:m":
-            t = nm_threshold(group.scores(), group.n, zeros)
+            scores = group.scores()
+            selected = nm_selected_groups(scores, group.n, zeros)
+            # Groups not yet N:M-pruned keep every weight at mask 1 exactly (with t = 0 an absolute tau would
+            # still damp them); `selected` is None once every group is pruned.
+            group.state["selected"] = None if bool(selected.all()) else selected
+            t = nm_threshold(scores, group.n, zeros, selected)
         elif group.kind == "unstructured":
             t = pdp_threshold(group.weight, zeros, exact)
         else:
@@ -126,21 +133,26 @@ class PDPMethod(MaskMethod):
             t2 = group.state["threshold"].square()
             return torch.sigmoid((group.squared_norms() - t2) / group.state["tau"])
 
-    def train_weight(self, group: UnitGroup, member: Member) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight = member.module.weight
+    def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = module.weight
         if group.kind in ("unstructured", "n:m"):
             # The fused Function: one weight per unit, so the mask needs no norm and no autograd graph of its own.
-            shape = group.unit_shape
-            masked = pdp_masked_weight(weight.view(shape), group.state["threshold"], group.state["tau"])
-            return masked.view(weight.shape), member.module.bias
+            state, device = group.state, weight.device
+            w = weight.view(group.unit_shape)
+            masked = pdp_masked_weight(w, state["threshold"].to(device), state["tau"].to(device))
+            if state.get("selected") is not None:
+                masked = torch.where(state["selected"].to(device), masked, w)
+            return masked.view(weight.shape), module.bias
         # Mask math in float32 even under fp16/bf16 autocast; the matmul that follows is autocast as usual.
-        masked_weight, bias = group.masked(self.soft_mask(group), member)
+        masked_weight, bias = group.masked(self.soft_mask(group), member, module)
         return masked_weight.to(weight.dtype), bias if bias is None else bias.to(weight.dtype)
 
-    def eval_mask(self, group: UnitGroup) -> torch.Tensor:
+    def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
         # ||u|| >= t equals the exact top-k mask unless norms tie at the boundary; no selection needed.
+        weights = None if module is None or len(group.members) > 1 else {group.members[0].name: module.weight}
         with torch.no_grad():
-            return group.squared_norms() >= group.state["threshold"].square()
+            norms = group.squared_norms(weights)
+            return norms >= group.state["threshold"].to(norms.device).square()
 
     @torch.no_grad()
     def mask_gap(self, group: UnitGroup) -> torch.Tensor:
@@ -154,7 +166,7 @@ def pdp_soft_mask_of(group: UnitGroup) -> torch.Tensor:
     return torch.sigmoid((group.squared_norms().detach() - t2) / group.state["tau"])
 
 
-def nm_threshold(scores: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+def nm_threshold(scores: torch.Tensor, n: int, groups: int, selected: torch.Tensor | None = None) -> torch.Tensor:
     """Per-group PDP threshold for N:M, shaped (rows, G, 1): the midpoint of the N-th and (N+1)-th largest |w| of
     each of the `groups` selected groups (see `nm_selected_groups`); 0 (nothing pruned) in the others.
 
@@ -164,4 +176,5 @@ def nm_threshold(scores: torch.Tensor, n: int, groups: int) -> torch.Tensor:
     m = scores.shape[-1]
     ordered = torch.sort(scores.float(), dim=-1).values
     t = 0.5 * (ordered[..., m - n - 1 : m - n] + ordered[..., m - n : m - n + 1])
-    return torch.where(nm_selected_groups(scores, n, groups), t, torch.zeros_like(t))
+    selected = nm_selected_groups(scores, n, groups) if selected is None else selected
+    return torch.where(selected, t, torch.zeros_like(t))
