@@ -2,6 +2,8 @@
 
     pdp-hf report DIR [--plot X.png]  per-layer sparsity of any checkpoint (exported, plain, or mid-training)
     pdp-hf export CHECKPOINT OUT      finalize a PrunerTrainer checkpoint into a plain Transformers export
+                                      (--shrink: cut pruned FFN neurons out; --compressed: bitmask format)
+    pdp-hf speed EXPORT               CPU latency as stored vs load_pruned(optimize=True) (--update_card)
 """
 
 from __future__ import annotations
@@ -70,8 +72,21 @@ def cmd_export(args) -> int:
             break
         except (OSError, ValueError, KeyError):
             continue
-    out = export_pruned(model, args.output_dir, processor, overwrite=args.overwrite, base_model=args.base_model)
+    out = export_pruned(
+        model, args.output_dir, processor, overwrite=args.overwrite, base_model=args.base_model,
+        shrink=args.shrink, compressed=args.compressed,
+    )
     print(f"exported {args.checkpoint} -> {out}")
+    return 0
+
+
+def cmd_speed(args) -> int:
+    from .speed import format_speed, measure_load_speeds, update_card
+
+    text = format_speed(measure_load_speeds(args.path, args.batch, args.seq, args.rounds), args.path)
+    print(text)
+    if args.update_card:
+        print(f"card: {update_card(args.path, text)}")
     return 0
 
 
@@ -88,7 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output_dir")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.add_argument("--base_model", default=None, help="Hub id of the base model, for the model card")
+    export.add_argument("--shrink", action="store_true", help="cut pruned FFN neurons out (same count in every layer)")
+    export.add_argument("--compressed", action="store_true", help="bitmask + values format (loads with pdp_hf)")
     export.set_defaults(func=cmd_export)
+    speed = sub.add_parser("speed", help="CPU latency of an export as stored and with load_pruned(optimize=True)")
+    speed.add_argument("path")
+    speed.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    speed.add_argument("--seq", type=int, default=128, help="tokens per example (text models)")
+    speed.add_argument("--rounds", type=int, default=5)
+    speed.add_argument("--update_card", action="store_true", help="write the table into the export's README.md")
+    speed.set_defaults(func=cmd_speed)
     return parser
 
 

@@ -87,3 +87,17 @@ def test_structured_checkpoint_report_and_export(tmp_path, capsys):
     assert main(["report", str(tmp_path / "exp")]) == 0
     text = capsys.readouterr().out
     assert "| `bert.encoder.layer.1:heads` | head | 2 | 1 |" in text and "| `bert.encoder.layer.1:neurons` | neuron | 64 | 32 |" in text
+
+
+def test_speed_measures_both_ways_and_updates_the_card(tmp_path, capsys):
+    from pdp_hf import apply_pruning, export_pruned, finalize_pruning
+
+    config = PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5)
+    model = finalize_pruning(apply_pruning(tiny_bert(), config))
+    folder = export_pruned(model, tmp_path / "exp", pdp_config=config, shrink=True)
+    for _ in range(2):  # a second run replaces the section instead of adding another
+        assert main(["speed", folder, "--batch", "2", "--seq", "8", "--rounds", "1", "--update_card"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 x 8 | `from_pretrained` (as stored) |" in out and "optimize=True)` |" in out
+    card = (tmp_path / "exp" / "README.md").read_text()
+    assert card.count("## Measured speed") == 1 and "| 2 x 8 |" in card and "## Pruning" in card
