@@ -45,7 +45,8 @@ GLUE_TASKS: dict[str, GlueTask] = {
 
 
 def _read_tsv(path: str, task: GlueTask) -> Dataset:
-    with open(path, encoding="utf-8", newline="") as f:
+    # utf-8-sig: GLUE's own MRPC files start with a byte-order mark; newline="" lets csv take \r\n line ends.
+    with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     header, body = (rows[0], rows[1:]) if task.header else (None, rows)
 

@@ -63,3 +63,24 @@ def test_errors_are_clear(tmp_path):
         (tmp_path / "RTE" / name).write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
     with pytest.raises(ValueError, match="train.tsv:2: label 'maybe'"):
         load_glue("rte", str(tmp_path))
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_TASKS))
+def test_files_as_glue_ships_them(task, tmp_path):
+    """A byte-order mark (GLUE's MRPC files have one), Windows line ends and quotes inside sentences (MNLI, QNLI)."""
+    spec = GLUE_TASKS[task]
+    header, rows = ROWS[spec.folder]
+    text = spec.tsv_columns[0] if header else spec.tsv_columns[0]
+    quoted = [list(r) for r in rows]
+    position = header.index(text) if header else text
+    quoted[0][position] = 'He said "no" and left, "twice".'
+    files = ["train.tsv"] + (["dev_matched.tsv", "dev_mismatched.tsv"] if task == "mnli" else ["dev.tsv"])
+    (tmp_path / spec.folder).mkdir()
+    for name in files:
+        lines = ([header] if header else []) + quoted
+        body = "\ufeff" + "".join("\t".join(r) + "\r\n" for r in lines)
+        (tmp_path / spec.folder / name).write_bytes(body.encode("utf-8"))
+    data = load_glue(task, str(tmp_path))
+    first = data["train"][0]
+    assert first[spec.text_columns[0]] == 'He said "no" and left, "twice".'
+    assert all("\r" not in str(v) for v in first.values()) and len(data["train"]) == len(rows)
