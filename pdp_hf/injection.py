@@ -120,6 +120,7 @@ class Pruner:
             return
         if step >= schedule.start and self.budgets is None:
             self.budgets = self.compute_budgets()
+            self._warn_pre_pruned()
         if schedule.hardens_at(step):
             self.harden()
             return
@@ -148,6 +149,21 @@ class Pruner:
             for pool in dict.fromkeys(g.pool for g in ranked):
                 budgets.update(global_budgets({g.name: g.scores() for g in ranked if g.pool == pool}, target))
         return {g.name: budgets[g.name] for g in self.groups}
+
+    @torch.no_grad()
+    def _warn_pre_pruned(self) -> None:
+        """A group that already holds more all-zero units than its budget ends with at least that many: zeros are
+        the smallest units and stay pruned. Said once, at pruning start."""
+        for group in self.groups:
+            if group.kind == "n:m":
+                continue
+            zero_units = int((group.scores() == 0).sum())
+            if zero_units > self.budgets[group.name]:
+                logger.warning(
+                    "pdp_hf: %s already has %d all-zero units, more than its budget of %d: it will end with at least "
+                    "%d pruned units (%.1f%% instead of %.1f%%).", group.name, zero_units, self.budgets[group.name],
+                    zero_units, 100 * zero_units / group.num_units, 100 * self.budgets[group.name] / group.num_units,
+                )
 
     @torch.no_grad()
     def non_finite_modules(self) -> list[str]:

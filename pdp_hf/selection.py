@@ -31,8 +31,10 @@ def _direct(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | No
     kth = torch.kthvalue(flat, k).values
     if k == flat.numel():
         return kth, None
-    # The (k+1)-th smallest: equal to the k-th when ties run past rank k, else the smallest value above it.
-    above = torch.where(flat > kth, flat, torch.full_like(flat, float("inf"))).min()
+    # The (k+1)-th smallest: equal to the k-th when ties run past rank k, else the smallest value above it. A NaN
+    # entry makes it NaN (min propagates NaN), so the mask and the loss turn NaN and training stops with the error
+    # that names the module, instead of a threshold of inf hiding the NaN.
+    above = torch.where((flat > kth) | flat.isnan(), flat, torch.full_like(flat, float("inf"))).min()
     return kth, torch.where((flat <= kth).sum() > k, kth, above)
 
 

@@ -124,3 +124,44 @@ def test_training_again_after_finalize_is_refused(make_args):
     trainer.train()
     with pytest.raises(RuntimeError, match="already finalized; build a new PrunerTrainer"):
         trainer.train()
+
+
+def test_pre_zeroed_matrix_warns_that_it_ends_sparser(caplog):
+    """95% pre-zeroed, target 0.5: the budget cannot un-prune zeros; the run says so once, at pruning start."""
+    import logging
+
+    model = tiny_bert()
+    layer = model.bert.encoder.layer[0].attention.self.query
+    with torch.no_grad():
+        layer.weight[torch.rand_like(layer.weight) < 0.95] = 0
+    zeros = int((layer.weight == 0).sum())
+    model = apply_pruning(model, PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=2))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(4)
+    with caplog.at_level(logging.WARNING, logger="pdp_hf.injection"):
+        pruner.step(0)
+        pruner.step(1)
+    warnings = [r.message for r in caplog.records if "all-zero units" in r.message]
+    assert len(warnings) == 1 and f"already has {zeros} all-zero units, more than its budget of 512" in warnings[0]
+
+
+def test_full_budget_means_mask_zero_before_hardening():
+    from pdp_hf.units import Member, UnitGroup
+    from pdp_hf.methods.pdp import PDPMethod
+
+    linear = torch.nn.Linear(4, 3)
+    group = UnitGroup("x", "unstructured", [Member("x", linear)], "element")
+    method = PDPMethod(0.05)
+    method.update(group, group.num_units)
+    weight, _ = method.train_weight(group, group.members[0], linear)
+    assert torch.equal(weight, torch.zeros_like(weight))
+    weight.sum().backward()
+    assert torch.isfinite(linear.weight.grad).all()
+    assert not method.eval_mask(group, linear).any()
+
+
+def test_nan_beside_the_cut_propagates_instead_of_hiding():
+    from pdp_hf.methods.pdp import pdp_threshold
+
+    w = torch.tensor([0.1, 0.2, 0.3, float("nan")])
+    assert torch.isnan(pdp_threshold(w, 3))  # the (k+1)-th is NaN: t must not be inf, which would mask the NaN away

@@ -115,6 +115,11 @@ class PDPMethod(MaskMethod):
             # still damp them); `selected` is None once every group is pruned.
             group.state["selected"] = None if bool(selected.all()) else selected
             t = nm_threshold(scores, group.n, zeros, selected)
+        elif zeros >= group.num_units:
+            # Everything pruned: mask 0 exactly (sigmoid(-inf)), not 0.5 for the largest unit at t = max |w|.
+            group.state["threshold"] = torch.full((), float("inf"), device=group.weight.device)
+            group.state["tau"] = torch.ones((), device=group.weight.device)
+            return
         elif group.kind == "unstructured":
             t = pdp_threshold(group.weight, zeros, exact)
         else:
