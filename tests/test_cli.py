@@ -60,9 +60,11 @@ def test_export_then_report(run_dir, tmp_path, capsys):
 def test_export_refuses_plain_folder(tmp_path):
     model = tiny_bert()
     model.save_pretrained(tmp_path / "plain")
+    before = sorted(os.listdir(tmp_path / "plain"))
     with pytest.raises(SystemExit, match="not a PrunerTrainer checkpoint"):
         main(["export", str(tmp_path / "plain"), str(tmp_path / "exp")])
-    assert sparsity_report(model)["total"]["zeros"] == 0
+    assert not (tmp_path / "exp").exists()  # nothing written
+    assert sorted(os.listdir(tmp_path / "plain")) == before
 
 
 def test_structured_checkpoint_report_and_export(tmp_path, capsys):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from pdp_hf import PDPConfig
 from pdp_hf.injection import global_budgets
 from pdp_hf.methods.base import hard_mask_from_scores
 from pdp_hf.methods.pdp import pdp_soft_mask, pdp_threshold, relative_tau
@@ -159,3 +160,25 @@ def test_sampled_threshold_is_close_and_refresh_is_exact():
     rank = int((w <= lo).sum())
     assert abs(rank - k) < 6 * (0.09 / SAMPLE_SIZE) ** 0.5 * w.numel()  # within a few standard errors
     assert lo <= hi
+
+    # In a run with threshold_refresh_steps=3, steps 0, 3, 6 of the ramp select exactly (the reference midpoint
+    # from a full sort), the steps between use the sampled estimate (a different value on this matrix).
+    from torch import nn
+
+    from pdp_hf import apply_pruning, get_pruner
+
+    model = nn.Sequential(nn.Linear(640, 640, bias=False))
+    model = apply_pruning(model, PDPConfig(target_modules=["0"], target_sparsity=0.9, pruning_start=0, pruning_end=2,
+                                           harden_at=None, threshold_refresh_steps=3))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(10)
+    ordered = model[0].weight.detach().abs().reshape(-1).sort().values
+    for step in range(2, 7):
+        pruner.step(step)
+        group = pruner.groups[0]
+        exact = 0.5 * (ordered[group.zeros - 1] + ordered[group.zeros])
+        t = group.state["threshold"]
+        if step % 3 == 0:
+            assert float(t) == float(exact), step
+        else:
+            assert float(t) != float(exact) and abs(float(t) - float(exact)) < 0.01 * float(exact), step

@@ -146,6 +146,18 @@ def test_reference_configs_parse(config):
     path = os.path.join(os.path.dirname(SCRIPT), "configs", config)
     gpu_only = json.load(open(path)).get("bf16", False)  # TrainingArguments refuses bf16 on a CPU-only machine
     argv = [path, "--bf16", "false"] if gpu_only else [path]
-    model_args, data_args, training_args, pdp_config = load_script().parse_args(argv)
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f)
+    parsed = load_script().parse_args(argv)
+    model_args, data_args, training_args, pdp_config = parsed
     assert data_args.task_name in GLUE_TASKS and isinstance(pdp_config, PDPConfig)
-    assert training_args.seed == 42
+    # every key of the file reached one of the argument groups with its value (bf16 overridden on CPU)
+    for key, value in values.items():
+        owners = [group for group in parsed if hasattr(group, key)]
+        assert owners, f"{config}: {key} is no argument of the script"
+        parsed_value = getattr(owners[0], key)
+        if key == "report_to" and value == "none":
+            assert parsed_value in ([], "none", ["none"]), parsed_value  # TrainingArguments normalizes "none" to []
+        elif key != "bf16":
+            assert parsed_value == value or str(parsed_value) == str(value), key
+    assert PDPConfig.from_dict(pdp_config.to_dict()) == pdp_config
