@@ -261,6 +261,8 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     method = get_method(config.method).from_config(config)
     for group in groups:
         method.init_group(group)
+        if group.kind != "n:m" and config.target_sparsity == 0:
+            continue  # nothing will be pruned: a dense baseline keeps plain Linear layers and pays no mask cost
         for member in group.members:
             module = member.module
             module.__class__ = PrunedLinear

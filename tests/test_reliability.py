@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, get_pruner
+from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, get_pruner, sparsity_report
 from tests.conftest import text_dataset, tiny_bert
 
 TARGET = "bert.encoder.layer.1.intermediate.dense"
@@ -165,3 +165,16 @@ def test_nan_beside_the_cut_propagates_instead_of_hiding():
 
     w = torch.tensor([0.1, 0.2, 0.3, float("nan")])
     assert torch.isnan(pdp_threshold(w, 3))  # the (k+1)-th is NaN: t must not be inf, which would mask the NaN away
+
+
+def test_target_zero_keeps_plain_linear_layers(make_args):
+    """A dense baseline through the same script pays no mask cost: no class swap, and the run still reports and
+    exports as usual."""
+    from torch import nn
+
+    model = tiny_bert()
+    trainer = PrunerTrainer(model=model, args=make_args(max_steps=6), train_dataset=text_dataset(),
+                            pdp_config=PDPConfig(target_sparsity=0.0))
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+    trainer.train()
+    assert sparsity_report(model)["total"]["zeros"] == 0
