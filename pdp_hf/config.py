@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -41,6 +41,7 @@ class PDPConfig:
     >>> config = PDPConfig(target_sparsity=0.9, pruning_start=0.1, pruning_end=0.6, harden_at=0.8)
     >>> config.method, config.granularity
     ('pdp', 'unstructured')
+
     ```
     """
 
@@ -255,7 +256,7 @@ class PDPConfig:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PDPConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PDPConfig:
         data = dict(data)
         data.pop(VERSION_KEY, None)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -265,7 +266,7 @@ class PDPConfig:
         return cls(**data)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "PDPConfig":
+    def from_pretrained(cls, path: str | os.PathLike) -> PDPConfig:
         """Read `pruning_config.json` from a folder (or the file itself)."""
         from .version import __version__
 

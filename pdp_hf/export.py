@@ -10,11 +10,11 @@ import tempfile
 
 from torch import nn
 
-from .config import PDPConfig
-from .injection import _unwrap, finalize_pruning, get_pruner
 from .compressed import save_compressed
-from .model_card import render_model_card
+from .config import PDPConfig
 from .inference import shrink_neurons_for_config
+from .injection import _unwrap, finalize_pruning, get_pruner
+from .model_card import render_model_card
 from .report import sparsity_report
 
 REPORT_NAME = "sparsity_report.json"
@@ -76,8 +76,9 @@ def export_pruned(
     Example:
 
     ```python
-    >>> export_pruned(model, "outputs/sparse-minilm", tokenizer, base_model="sentence-transformers/all-MiniLM-L6-v2")
+    >>> export_pruned(model, "outputs/sparse-minilm", tokenizer, base_model="sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
     'outputs/sparse-minilm'
+
     ```
     """
     output_dir = os.path.abspath(output_dir)

@@ -70,7 +70,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def get_pruner(model: nn.Module) -> "Pruner | None":
+def get_pruner(model: nn.Module) -> Pruner | None:
     """The `Pruner` attached by `apply_pruning`, or None (also through DDP-style `.module` wrappers)."""
     return getattr(_unwrap(model), PRUNER_ATTR, None)
 
@@ -250,6 +250,7 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     >>> model = apply_pruning(model, PDPConfig(target_sparsity=0.5))
     >>> len(get_pruner(model).modules)
     12
+
     ```
     """
     if not isinstance(config, PDPConfig):

@@ -63,9 +63,10 @@ def sparsity_report(model: nn.Module, target_modules: list[str] | None = None, c
     Example:
 
     ```python
-    >>> report = sparsity_report(model)
-    >>> report["total"]["sparsity"]
+    >>> report = sparsity_report(model)  # doctest: +SKIP
+    >>> report["total"]["sparsity"]  # doctest: +SKIP
     0.9
+
     ```
     """
     model = _unwrap(model)

@@ -84,7 +84,7 @@ class PruningSchedule:
         self.shape = shape
 
     @classmethod
-    def from_config(cls, config, total_steps: int) -> "PruningSchedule":
+    def from_config(cls, config, total_steps: int) -> PruningSchedule:
         return cls(config.pruning_start, config.pruning_end, config.harden_at, total_steps, config.sparsity_schedule)
 
     def fraction(self, step: int) -> float:

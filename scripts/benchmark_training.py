@@ -107,7 +107,7 @@ def main() -> None:
                     [sys.executable, __file__, "--child", shape, variant, *passthrough],
                     capture_output=True, text=True, check=True,
                 ).stdout
-                result = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
+                result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
                 results.setdefault((shape, variant), []).append(result)
                 print(f"round {round_ + 1} {shape:9s} {variant:14s} {result['ms']:9.1f} ms/step  peak {result['peak_mib']:8.0f} MiB", flush=True)
 

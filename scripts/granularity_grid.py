@@ -42,10 +42,11 @@ def runs() -> dict[str, tuple[str, str, list[str]]]:
 
 def run_one(name: str, args: list[str], out: str) -> None:
     argv = ["--sparsity_distribution", "uniform", "--output_dir", os.path.join("outputs", "grid", name)] + args
+    tmp = os.path.join(out, name + ".json.tmp")
     code = (
-        "import json, sys; sys.path.insert(0, %r); import demo; r = demo.main(%r); "
-        "json.dump({**r, 'argv': %r}, open(%r, 'w'), indent=2)"
-    ) % (HERE, argv, argv, os.path.join(out, name + ".json.tmp"))
+        f"import json, sys; sys.path.insert(0, {HERE!r}); import demo; r = demo.main({argv!r}); "
+        f"json.dump({{**r, 'argv': {argv!r}}}, open({tmp!r}, 'w'), indent=2)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     os.replace(os.path.join(out, name + ".json.tmp"), os.path.join(out, name + ".json"))
 

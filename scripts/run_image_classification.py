@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from datasets import DatasetDict, load_dataset
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, TrainingArguments, set_seed
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    TrainingArguments,
+    set_seed,
+)
 
 from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
 from pdp_hf.args import parse_script_args

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
+from pdp_hf import PDPConfig, PrunerTrainer
 from pdp_hf.cli import main
 from tests.conftest import text_dataset, tiny_bert
 

@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, export_pruned, finalize_pruning, load_pruned, optimize_for_inference
+from pdp_hf import (
+    PDPConfig,
+    PrunerTrainer,
+    apply_pruning,
+    export_pruned,
+    finalize_pruning,
+    load_pruned,
+    optimize_for_inference,
+)
 from pdp_hf.inference import CSRLinear, csr_crossover
 from tests.conftest import image_dataset, text_dataset, tiny_bert, tiny_distilbert, tiny_roberta, tiny_vit
 
@@ -21,8 +29,9 @@ def pruned(factory, **config):
     """A trained-then-finalized model (weights moved by training, so kept biases are nonzero)."""
     model = factory()
     dataset = image_dataset if factory is tiny_vit else text_dataset
-    from tests.conftest import training_args
     import tempfile
+
+    from tests.conftest import training_args
 
     args = training_args(tempfile.mkdtemp(), max_steps=8)
     PrunerTrainer(model=model, args=args, train_dataset=dataset(), pdp_config=PDPConfig(**config)).train()

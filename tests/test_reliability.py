@@ -146,8 +146,8 @@ def test_pre_zeroed_matrix_warns_that_it_ends_sparser(caplog):
 
 
 def test_full_budget_means_mask_zero_before_hardening():
-    from pdp_hf.units import Member, UnitGroup
     from pdp_hf.methods.pdp import PDPMethod
+    from pdp_hf.units import Member, UnitGroup
 
     linear = torch.nn.Linear(4, 3)
     group = UnitGroup("x", "unstructured", [Member("x", linear)], "element")

@@ -69,7 +69,7 @@ class MaskMethod:
     name: str = ""
 
     @classmethod
-    def from_config(cls, config) -> "MaskMethod":
+    def from_config(cls, config) -> MaskMethod:
         """Build the method from a `PDPConfig` (methods read only the fields they need)."""
         return cls()
 

@@ -103,7 +103,7 @@ class PDPMethod(MaskMethod):
         self.temperature_mode = temperature_mode
 
     @classmethod
-    def from_config(cls, config) -> "PDPMethod":
+    def from_config(cls, config) -> PDPMethod:
         return cls(config.temperature, config.temperature_mode)
 
     @torch.no_grad()
