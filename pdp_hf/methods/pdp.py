@@ -110,11 +110,12 @@ class PDPMethod(MaskMethod):
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
         if group.kind == "n:m":
             scores = group.scores()
-            selected = nm_selected_groups(scores, group.n, zeros)
+            ordered = torch.sort(scores, dim=-1).values
+            selected = nm_selected_groups(scores, group.n, zeros, ordered)
             # Groups not yet N:M-pruned keep every weight at mask 1 exactly (with t = 0 an absolute tau would
             # still damp them); `selected` is None once every group is pruned.
             group.state["selected"] = None if bool(selected.all()) else selected
-            t = nm_threshold(scores, group.n, zeros, selected)
+            t = nm_threshold(scores, group.n, zeros, selected, ordered)
         elif zeros >= group.num_units:
             # Everything pruned: mask 0 exactly (sigmoid(-inf)), not 0.5 for the largest unit at t = max |w|.
             group.state["threshold"] = torch.full((), float("inf"), device=group.weight.device)
@@ -171,7 +172,9 @@ def pdp_soft_mask_of(group: UnitGroup) -> torch.Tensor:
     return torch.sigmoid((group.squared_norms().detach() - t2) / group.state["tau"])
 
 
-def nm_threshold(scores: torch.Tensor, n: int, groups: int, selected: torch.Tensor | None = None) -> torch.Tensor:
+def nm_threshold(
+    scores: torch.Tensor, n: int, groups: int, selected: torch.Tensor | None = None, ordered: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-group PDP threshold for N:M, shaped (rows, G, 1): the midpoint of the N-th and (N+1)-th largest |w| of
     each of the `groups` selected groups (see `nm_selected_groups`); 0 (nothing pruned) in the others.
 
@@ -179,7 +182,7 @@ def nm_threshold(scores: torch.Tensor, n: int, groups: int, selected: torch.Tens
     [0.5]
     """
     m = scores.shape[-1]
-    ordered = torch.sort(scores.float(), dim=-1).values
+    ordered = torch.sort(scores.float(), dim=-1).values if ordered is None else ordered
     t = 0.5 * (ordered[..., m - n - 1 : m - n] + ordered[..., m - n : m - n + 1])
-    selected = nm_selected_groups(scores, n, groups) if selected is None else selected
+    selected = nm_selected_groups(scores, n, groups, ordered) if selected is None else selected
     return torch.where(selected, t, torch.zeros_like(t))
