@@ -46,8 +46,8 @@ class Member:
 class UnitGroup:
     """Units that share one budget (uniform) and one set of method state.
 
-    `zeros` is the number of units pruned in force now, `budget` the final number, `hard_mask` the fixed boolean
-    keep-mask over units after hardening (None before). Methods keep their per-group tensors in `state`: plain
+    `zeros` is the number of units pruned in force now, `hard_mask` the fixed boolean keep-mask over units after
+    hardening (None before). Methods keep their per-group tensors in `state`: plain
     attributes, not module buffers, so DDP never broadcasts them (every rank computes them from the same weights).
     """
 
@@ -59,9 +59,28 @@ class UnitGroup:
     n: int = 0
     m: int = 0
     zeros: int = 0
-    budget: int | None = None
     hard_mask: torch.Tensor | None = None
     state: dict = field(default_factory=dict)
+    _forward_cache: tuple | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        # deepcopy / pickle: a value shared within one forward pass (with its autograd graph) is never copied
+        return {**self.__dict__, "_forward_cache": None}
+
+    def once_per_forward(self, compute) -> torch.Tensor:
+        """`compute()` once for the consecutive forward calls of the group's members (a neuron mask is used by
+        FFN-in, then FFN-out): the first member computes it, the others reuse it, the last one drops it, so nothing
+        holding an autograd graph outlives the forward pass. A weight update in between (a new `_version`) or a
+        repeated call (gradient checkpointing, gradient accumulation) computes afresh."""
+        versions = tuple(member.module.weight._version for member in self.members)
+        cached = self._forward_cache
+        if cached is not None and cached[2] == versions:
+            value, left, _ = cached
+            self._forward_cache = (value, left - 1, versions) if left > 1 else None
+            return value
+        value = compute()
+        self._forward_cache = (value, len(self.members) - 1, versions) if len(self.members) > 1 else None
+        return value
 
     # -- shape ----------------------------------------------------------------------------------------------------
     @property

@@ -402,3 +402,36 @@ def test_role_map_with_impossible_kinds_refused():
         PDPConfig(granularity="attention=neuron,ffn=neuron")
     with pytest.raises(ValueError, match="'head' units do not exist in the ffn layers"):
         PDPConfig(granularity="attention=head,ffn=head")
+
+
+def test_structured_mask_is_computed_once_per_forward_and_survives_accumulation(monkeypatch):
+    """Heads: one soft-mask computation per layer per forward (not one per Q/K/V/out); two micro-batches without an
+    optimizer step in between give twice the gradient of one; a deepcopy between forward and backward works."""
+    import copy
+
+    from pdp_hf.methods.pdp import PDPMethod
+
+    model = apply_pruning(tiny_bert(), PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5,
+                                                 pruning_start=0, pruning_end=2))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(4)
+    pruner.step(2)  # full budgets in force (one head of two per layer), soft masks
+    calls = []
+    original = PDPMethod.soft_mask
+    monkeypatch.setattr(PDPMethod, "soft_mask", lambda self, group: calls.append(group.name) or original(self, group))
+    model.train()
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(1, 60, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])}
+    model.eval()  # no dropout for the comparison; the targeted layers go back to training mode (soft masks)
+    for module in pruner.modules.values():
+        module.train()
+    loss = model(**batch).loss
+    assert sorted(calls) == sorted(g.name for g in pruner.groups)  # once per group
+    copy.deepcopy(model)  # nothing with an autograd graph is left in the groups
+    loss.backward()
+    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model(**batch).loss.backward()
+    model(**batch).loss.backward()
+    for name, grad in once.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, 2 * grad, rtol=1e-5, atol=1e-6)

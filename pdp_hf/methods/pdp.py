@@ -150,7 +150,8 @@ class PDPMethod(MaskMethod):
                 masked = torch.where(state["selected"].to(device), masked, w)
             return masked.view(weight.shape), module.bias
         # Mask math in float32 even under fp16/bf16 autocast; the matmul that follows is autocast as usual.
-        masked_weight, bias = group.masked(self.soft_mask(group), member, module)
+        mask = group.once_per_forward(lambda: self.soft_mask(group))  # one norm pass per group, not per member
+        masked_weight, bias = group.masked(mask, member, module)
         return masked_weight.to(weight.dtype), bias if bias is None else bias.to(weight.dtype)
 
     def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
