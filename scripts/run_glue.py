@@ -2,18 +2,26 @@
 """Fine-tune and prune a model on a GLUE task: Transformers' run_glue.py workflow with PrunerTrainer.
 
     python scripts/run_glue.py --model_name_or_path bert-base-uncased --task_name mnli --target_sparsity 0.9 \\
-        --output_dir out/mnli --max_steps 20000 --learning_rate 1e-4
-    python scripts/run_glue.py scripts/configs/minilm_sst2_90.json     # everything from one JSON file
+        --output_dir out/mnli --max_steps 20000 --learning_rate 1e-4 --do_train --do_eval
+    python scripts/run_glue.py scripts/configs/minilm_sst2_90_pdp.json     # everything from one JSON file
+    python scripts/run_glue.py --model_name_or_path out/mnli/export --task_name mnli --output_dir out/mnli-eval \\
+        --do_eval --do_predict                                              # evaluate / predict with an export
+
+As in Transformers, `--do_train`, `--do_eval` and `--do_predict` choose the phases (at least one). Training prunes
+with PrunerTrainer and ends with an export (`<output_dir>/export`) that loads with plain Transformers;
+`--push_to_hub` uploads that export only. Without `--do_train` the model is used as it is, with a plain `Trainer`.
+`--do_eval` writes eval_results.json (MNLI: mismatched metrics end in `_mm`); `--do_predict` writes
+`predict_results_{task}.txt` (MNLI: also `predict_results_mnli-mm.txt`) for the test set(s). A training run in an
+output_dir with checkpoints resumes from the last one; a non-empty one without checkpoints needs
+`--overwrite_output_dir`.
 
 Data comes from the Hub (`load_dataset("nyu-mll/glue", task)`) or from a local GLUE folder in the original TSV
 layout (`--glue_dir`). Metrics are the official GLUE metric of each task through `evaluate`, from a module bundled
-with pdp_hf (works offline). `--teacher_model_name_or_path` adds knowledge distillation. The end of the run is an
-export (`<output_dir>/export`) that loads with plain Transformers; `--push_to_hub` uploads that export only.
+with pdp_hf (works offline). `--teacher_model_name_or_path` adds knowledge distillation.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -26,22 +34,33 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
+    Trainer,
     TrainingArguments,
     set_seed,
 )
 
 from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
 from pdp_hf.args import parse_script_args
-from pdp_hf.glue import GLUE_TASKS, is_regression, load_glue, num_labels
-from pdp_hf.hub import push_export, take_over_push
+from pdp_hf.glue import GLUE_TASKS, is_regression, label_list, load_glue, num_labels, split_names
+from pdp_hf.hub import take_over_push
 from pdp_hf.metrics import load_glue_metric
+from pdp_hf.scripting import (
+    checkpoint_to_resume,
+    detect_last_checkpoint,
+    ensure_output_dir,
+    finish_training_run,
+    log_summary,
+    record_train_result,
+    require_phase,
+    setup_logging,
+)
 
 logger = logging.getLogger("run_glue")
 
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "Hub id or local folder of the model to prune."})
+    model_name_or_path: str = field(metadata={"help": "Hub id or local folder of the model to prune (or evaluate)."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Dense fine-tuned teacher for knowledge distillation (same task head)."}
@@ -63,6 +82,13 @@ class DataTrainingArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many rows of each dev set."})
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Predict only this many rows of each test set."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train in a non-empty output_dir without checkpoints, and never resume from its checkpoints."},
+    )
 
     def __post_init__(self):
         self.task_name = self.task_name.lower().replace("-", "")
@@ -86,16 +112,27 @@ def compute_metrics_fn(task: str):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args, pdp_config = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(training_args.seed)
+    require_phase(training_args)
+    setup_logging(training_args, logger)
     task = data_args.task_name
 
-    # Pushing happens once, from the finished export: never a checkpoint with dense weights.
+    # Pushing happens once, from the finished export of a training run: never a checkpoint with dense weights.
     hub_model_id = take_over_push(training_args)
+    if hub_model_id and not training_args.do_train:
+        raise ValueError("--push_to_hub uploads the export that --do_train writes; add --do_train, or upload with "
+                         "`huggingface-cli upload` instead.")
+    last_checkpoint = detect_last_checkpoint(training_args, data_args.overwrite_output_dir, logger)
+    set_seed(training_args.seed)
 
-    # 1. Data: the task's splits, tokenized (dynamic padding in the collator).
-    raw = load_glue(task, data_args.glue_dir)
+    # 1. Data: the splits the phases need, tokenized (dynamic padding in the collator).
+    splits = (
+        (["train"] if training_args.do_train else [])
+        + (split_names(task, "dev") if training_args.do_eval else [])
+        + (split_names(task, "test") if training_args.do_predict else [])
+    )
+    raw = load_glue(task, data_args.glue_dir, splits=splits)
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
     text_columns = GLUE_TASKS[task].text_columns
 
@@ -103,15 +140,16 @@ def main(argv: list[str] | None = None) -> dict:
         texts = [batch[c] for c in text_columns]
         return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length)
 
-    def prepare(split, limit):
-        ds = raw[split]
-        if limit is not None:
-            ds = ds.select(range(min(limit, len(ds))))
-        return ds.map(tokenize, batched=True, remove_columns=list(text_columns), desc=f"Tokenizing {split}")
-
-    train = prepare("train", data_args.max_train_samples)
-    dev_splits = [s for s in raw if s.startswith("validation")]
-    devs = {s: prepare(s, data_args.max_eval_samples) for s in dev_splits}
+    limits = {"train": data_args.max_train_samples}
+    limits.update({s: data_args.max_eval_samples for s in split_names(task, "dev")})
+    limits.update({s: data_args.max_predict_samples for s in split_names(task, "test")})
+    data = {}
+    with training_args.main_process_first(desc="dataset map pre-processing"):
+        for split, ds in raw.items():
+            if limits[split] is not None:
+                ds = ds.select(range(min(limits[split], len(ds))))
+            data[split] = ds.map(tokenize, batched=True, remove_columns=list(text_columns), desc=f"Tokenizing {split}")
+    dev_splits = [s for s in split_names(task, "dev") if s in data]
 
     # 2. Model (and optional teacher) with the task's head.
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -119,65 +157,106 @@ def main(argv: list[str] | None = None) -> dict:
         num_labels=num_labels(task),
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
-    teacher = None
-    if model_args.teacher_model_name_or_path:
-        teacher = AutoModelForSequenceClassification.from_pretrained(
-            model_args.teacher_model_name_or_path, num_labels=num_labels(task)
-        )
-
-    # 3. Train with pruning; the trainer finalizes the masks at the end of train().
-    trainer = PrunerTrainer(
+    common = dict(
         model=model,
         args=training_args,
-        train_dataset=train,
-        eval_dataset=devs[dev_splits[0]],
+        eval_dataset=data[dev_splits[0]] if dev_splits else None,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_fn(task),
-        pdp_config=pdp_config,
-        teacher_model=teacher,
-        distill_alpha=model_args.distill_alpha,
-        distill_temperature=model_args.distill_temperature,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.do_train:
+        teacher = None
+        if model_args.teacher_model_name_or_path:
+            teacher = AutoModelForSequenceClassification.from_pretrained(
+                model_args.teacher_model_name_or_path, num_labels=num_labels(task)
+            )
+        trainer = PrunerTrainer(
+            train_dataset=data["train"],
+            pdp_config=pdp_config,
+            teacher_model=teacher,
+            distill_alpha=model_args.distill_alpha,
+            distill_temperature=model_args.distill_temperature,
+            **common,
+        )
+    else:
+        trainer = Trainer(**common)  # the model as it is (e.g. an export): no masks to apply
 
-    # 4. Evaluate the pruned model on every dev set (MNLI: matched and mismatched).
+    # 3. Train with pruning; the trainer finalizes the masks at the end of train().
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, last_checkpoint))
+        record_train_result(trainer, train_result, train_samples=len(data["train"]))
+
+    # 4. Evaluate on every dev set. MNLI, as in Transformers: matched as eval_*, mismatched as eval_*_mm.
     metrics = {}
-    for split, ds in devs.items():
-        prefix = "eval" if split == "validation" else f"eval_{split.removeprefix('validation_')}"
-        metrics.update(trainer.evaluate(eval_dataset=ds, metric_key_prefix=prefix))
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        ensure_output_dir(trainer)
+        for split in dev_splits:
+            result = trainer.evaluate(eval_dataset=data[split])
+            result["eval_samples"] = len(data[split])
+            if split == "validation_mismatched":
+                result = {k + "_mm": v for k, v in result.items()}
+            trainer.log_metrics("eval", result)
+            metrics.update(result)
+        trainer.save_metrics("eval", metrics)
 
-    # 5. Export (and push) the pruned model with its card.
-    report = sparsity_report(model, config=pdp_config)
-    export_dir = os.path.join(training_args.output_dir, "export")
-    command = "python scripts/run_glue.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    trainer.export_pruned(
-        export_dir,
-        overwrite=True,
-        base_model=model_args.base_model_id or _hub_id(model_args.model_name_or_path),
-        dataset="nyu-mll/glue",
-        eval_results=eval_results(task, metrics),
-        command=command,
-    )
-    summary = {
-        "task": task,
-        **{k: round(v, 4) for k, v in metrics.items() if _is_score(k)},
-        "sparsity": round(report["total"]["sparsity"], 4),
-        "export": export_dir,
-    }
-    print("run_glue: " + json.dumps(summary))
-    if hub_model_id:
-        print(f"run_glue: pushed {push_export(export_dir, hub_model_id, training_args.hub_token)}")
-    return summary
+    # 5. Predict the test set(s) in GLUE's submission layout.
+    predictions = []
+    if training_args.do_predict:
+        logger.info("*** Predict ***")
+        predictions = predict(trainer, task, {s: data[s] for s in split_names(task, "test")})
+
+    # 6. After training: export (and push) the pruned model with its card.
+    summary = {"task": task, **{k: round(v, 4) for k, v in metrics.items() if _is_score(k)}}
+    if predictions:
+        summary["predictions"] = predictions
+    if training_args.do_train:
+        return finish_training_run(
+            trainer,
+            "run_glue",
+            summary,
+            command="python scripts/run_glue.py " + shlex.join(argv),
+            base_model=model_args.base_model_id or _hub_id(model_args.model_name_or_path),
+            dataset="nyu-mll/glue",
+            eval_results=eval_results(task, metrics),
+            hub_model_id=hub_model_id,
+            hub_token=training_args.hub_token,
+            logger=logger,
+        )
+    summary["sparsity"] = round(sparsity_report(model, config=pdp_config)["total"]["sparsity"], 4)
+    return log_summary(logger, "run_glue", summary)
+
+
+def predict(trainer, task: str, test_sets: dict) -> list[str]:
+    """Write `predict_results_{task}.txt` (MNLI: also `predict_results_mnli-mm.txt`): a header `index\tprediction`,
+    then one row per example, its id and the predicted label name (STS-B: the score, `%3.3f`). Returns the paths."""
+    output_dir = ensure_output_dir(trainer)
+    names = label_list(task)
+    paths = []
+    for split, ds in test_sets.items():
+        name = "mnli-mm" if split == "test_mismatched" else task
+        ids = ds["idx"] if "idx" in ds.column_names else list(range(len(ds)))
+        # The labels are -1 (not public); Trainer would compute metrics against them.
+        ds = ds.remove_columns([c for c in ("label", "idx") if c in ds.column_names])
+        logits = trainer.predict(ds, metric_key_prefix="predict").predictions
+        preds = logits.reshape(-1) if names is None else np.argmax(logits, axis=-1)
+        path = os.path.join(output_dir, f"predict_results_{name}.txt")
+        if trainer.is_world_process_zero():
+            logger.info(f"***** Predict results {name} *****")
+            with open(path, "w", encoding="utf-8") as writer:
+                writer.write("index\tprediction\n")
+                for index, item in zip(ids, preds):
+                    writer.write(f"{index}\t{item:3.3f}\n" if names is None else f"{index}\t{names[int(item)]}\n")
+        paths.append(path)
+    return paths
 
 
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
 
 
 def _is_score(key: str) -> bool:
-    return key.endswith(METRIC_NAMES)
+    return key.startswith("eval_") and key.removesuffix("_mm").endswith(METRIC_NAMES)
 
 
 def _hub_id(name_or_path: str) -> str | None:
@@ -185,15 +264,17 @@ def _hub_id(name_or_path: str) -> str | None:
 
 
 def eval_results(task: str, metrics: dict) -> list:
-    """`model-index` entries for the card, one per dev set and metric."""
+    """`model-index` entries for the card, one per dev set and metric. Keys as this script writes them:
+    `eval_<metric>` (MNLI: validation_matched) and, for MNLI, `eval_<metric>_mm` (validation_mismatched)."""
     from huggingface_hub import EvalResult
 
     results = []
     for key, value in metrics.items():
         if not _is_score(key):
             continue
-        name = next(m for m in METRIC_NAMES if key.endswith(m))
-        subset = key[len("eval_") : -len(name)].strip("_")
+        mismatched = key.endswith("_mm")
+        name = key.removesuffix("_mm").removeprefix("eval_")
+        subset = ("mismatched" if mismatched else "matched") if task == "mnli" else None
         results.append(
             EvalResult(
                 task_type="text-regression" if is_regression(task) else "text-classification",

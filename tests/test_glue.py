@@ -2,7 +2,7 @@
 
 import pytest
 
-from pdp_hf.glue import GLUE_TASKS, is_regression, load_glue, num_labels
+from pdp_hf.glue import GLUE_TASKS, is_regression, label_list, load_glue, load_glue_test, num_labels, split_names
 
 ROWS = {
     "CoLA": (None, [["gj04", "1", "", "The boy ran."], ["gj04", "0", "*", "Ran boy the."]]),
@@ -23,6 +23,40 @@ ROWS = {
     "RTE": (["index", "sentence1", "sentence2", "label"], [["0", "A b.", "B a.", "entailment"]]),
     "WNLI": (["index", "sentence1", "sentence2", "label"], [["0", "A b.", "B a.", "1"]]),
 }
+
+
+# GLUE's test files: always a header (CoLA's too, unlike its train/dev), an example id (QQP: `id`), no labels.
+TEST_ROWS = {
+    "CoLA": (["index", "sentence"], ["The boy ran."]),
+    "SST-2": (["index", "sentence"], ["a fine film"]),
+    "MRPC": (["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], ["1", "2", "He came.", "He arrived."]),
+    "STS-B": (
+        ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2"],
+        ["main", "f", "2012", "0", "none", "none", "A man sings.", "A man is singing."],
+    ),
+    "QQP": (["id", "question1", "question2"], ["Why?", "How?"]),
+    "MNLI": (
+        ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+         "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"],
+        ["1", "1e", "gov", "(", "(", "(", "(", "It rains.", "It is wet."],
+    ),
+    "QNLI": (["index", "question", "sentence"], ["Who?", "Him."]),
+    "RTE": (["index", "sentence1", "sentence2"], ["A b.", "B a."]),
+    "WNLI": (["index", "sentence1", "sentence2"], ["A b.", "B a."]),
+}
+TEST_FILES = {"MNLI": {"test_matched.tsv": 5, "test_mismatched.tsv": 7}}  # rows per file; others: test.tsv
+
+
+def write_test_files(root, folder, rows=3) -> dict:
+    """GLUE-layout test file(s) as GLUE ships some files (byte-order mark, \\r\\n); returns {file name: rows}."""
+    header, fields = TEST_ROWS[folder]
+    counts = TEST_FILES.get(folder, {"test.tsv": rows})
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    for name, n in counts.items():
+        lines = [header] + [[str(i), *fields] for i in range(n)]
+        body = "\ufeff" + "".join("\t".join(r) + "\r\n" for r in lines)
+        (root / folder / name).write_bytes(body.encode("utf-8"))
+    return counts
 
 
 def write_task(root, folder):
@@ -84,3 +118,31 @@ def test_files_as_glue_ships_them(task, tmp_path):
     first = data["train"][0]
     assert first[spec.text_columns[0]] == 'He said "no" and left, "twice".'
     assert all("\r" not in str(v) for v in first.values()) and len(data["train"]) == len(rows)
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_TASKS))
+def test_test_splits_load_unlabeled_with_ids(task, tmp_path):
+    spec = GLUE_TASKS[task]
+    counts = write_test_files(tmp_path, spec.folder, rows=4)
+    data = load_glue_test(task, str(tmp_path))
+    assert list(data) == split_names(task, "test") == (["test_matched", "test_mismatched"] if task == "mnli" else ["test"])
+    for split, n in zip(data, counts.values()):
+        assert data[split].column_names == [*spec.text_columns, "label", "idx"]
+        assert data[split]["idx"] == list(range(n)) and set(data[split]["label"]) == {-1}
+        first = data[split][0][spec.text_columns[0]]
+        assert first == TEST_ROWS[spec.folder][1][-len(spec.text_columns)] and "\r" not in data[split][0][spec.text_columns[-1]]
+    # the same through `splits`, and the default is still train + dev
+    assert list(load_glue(task, str(tmp_path), splits=split_names(task, "test"))) == list(data)
+    assert (label_list(task) is None) == is_regression(task)
+
+
+def test_test_split_errors_are_clear(tmp_path):
+    write_task(tmp_path, "RTE")
+    assert set(load_glue("rte", str(tmp_path))) == {"train", "validation"}  # test.tsv not needed by default
+    with pytest.raises(FileNotFoundError, match="test.tsv"):
+        load_glue_test("rte", str(tmp_path))
+    with pytest.raises(ValueError, match="no split"):
+        load_glue("rte", str(tmp_path), splits=["test_matched"])
+    (tmp_path / "RTE" / "test.tsv").write_text("index\tsentence1\tsentence2\nx\ta\tb\n")
+    with pytest.raises(ValueError, match="test.tsv:2: index 'x'"):
+        load_glue_test("rte", str(tmp_path))

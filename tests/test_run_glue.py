@@ -1,17 +1,21 @@
-"""scripts/run_glue.py on small GLUE-layout files: every task, its metric names, JSON config, export, push."""
+"""scripts/run_glue.py on small GLUE-layout files: every task, its metric names, JSON config, export, push; the
+phases (--do_train/--do_eval/--do_predict), prediction files, resuming from the last checkpoint, result files."""
 
 import importlib.util
 import json
+import logging
 import os
+import re
+import shutil
 import sys
 
 import pytest
-from transformers import BertTokenizerFast
+from transformers import BertTokenizerFast, TrainingArguments
 
 from pdp_hf import PDPConfig
 from pdp_hf.glue import GLUE_TASKS
 from tests.conftest import tiny_bert
-from tests.test_glue import ROWS
+from tests.test_glue import ROWS, write_test_files
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "run_glue.py")
 WORDS = "a b the it is man rains wet dry why how who him he came arrived sings singing boy ran fine film dull".split()
@@ -46,16 +50,17 @@ def glue_dir(tmp_path_factory):
         for name in files:
             lines = ([header] if header else []) + many
             (root / task.folder / name).write_text("".join("\t".join(r) + "\n" for r in lines))
+        write_test_files(root, task.folder, rows=6)  # test.tsv (MNLI: test_matched.tsv 5, test_mismatched.tsv 7)
     return root
 
 
-def args_for(task, model_dir, glue_dir, out, *extra):
+def args_for(task, model_dir, glue_dir, out, *extra, phases=("--do_train", "--do_eval")):
     return [
         "--model_name_or_path", str(model_dir), "--task_name", task, "--glue_dir", str(glue_dir),
         "--output_dir", str(out), "--max_steps", "6", "--per_device_train_batch_size", "4",
         "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--report_to", "none",
         "--save_strategy", "no", "--use_cpu", "--target_sparsity", "0.5", "--max_seq_length", "16",
-        "--disable_tqdm", "true", "--ignore_mismatched_sizes", *extra,
+        "--disable_tqdm", "true", "--ignore_mismatched_sizes", *phases, *extra,
     ]
 
 
@@ -65,7 +70,7 @@ EXPECTED = {
     "mrpc": ["eval_accuracy", "eval_f1"],
     "stsb": ["eval_pearson", "eval_spearmanr"],
     "qqp": ["eval_accuracy", "eval_f1"],
-    "mnli": ["eval_matched_accuracy", "eval_mismatched_accuracy"],
+    "mnli": ["eval_accuracy", "eval_accuracy_mm"],  # Transformers' convention: mismatched keys end in _mm
     "qnli": ["eval_accuracy"],
     "rte": ["eval_accuracy"],
     "wnli": ["eval_accuracy"],
@@ -83,6 +88,8 @@ def test_every_task_trains_evaluates_and_exports(task, model_dir, glue_dir, tmp_
     assert "model-index" in card and EXPECTED[task][0].removeprefix("eval_").split("_")[-1] in card
     if task == "stsb":
         assert len(json.loads((export / "config.json").read_text())["id2label"]) == 1  # regression head
+    if task == "mnli":
+        assert "validation_matched" in card and "validation_mismatched" in card
 
 
 def test_json_config_file(model_dir, glue_dir, tmp_path):
@@ -91,6 +98,7 @@ def test_json_config_file(model_dir, glue_dir, tmp_path):
         "output_dir": str(tmp_path / "json"), "max_steps": 6, "per_device_train_batch_size": 4,
         "learning_rate": 1e-3, "report_to": "none", "save_strategy": "no", "use_cpu": True,
         "target_sparsity": 0.5, "harden_at": None, "max_seq_length": 16, "ignore_mismatched_sizes": True,
+        "do_train": True, "do_eval": True,
     }
     path = tmp_path / "rte.json"
     path.write_text(json.dumps(config))
@@ -161,3 +169,103 @@ def test_reference_configs_parse(config):
         elif key != "bf16":
             assert parsed_value == value or str(parsed_value) == str(value), key
     assert PDPConfig.from_dict(pdp_config.to_dict()) == pdp_config
+
+
+@pytest.fixture(scope="module")
+def trained_sst2(model_dir, glue_dir, tmp_path_factory):
+    """One train + eval run on SST-2, shared by the tests that read its output folder or evaluate its export."""
+    out = tmp_path_factory.mktemp("trained") / "sst2"
+    return out, load_script().main(args_for("sst2", model_dir, glue_dir, out))
+
+
+def test_train_and_eval_write_result_files(trained_sst2):
+    out, summary = trained_sst2
+    train, evals, combined = (json.loads((out / f).read_text()) for f in ("train_results.json", "eval_results.json", "all_results.json"))
+    assert "train_loss" in train and train["train_samples"] == 16
+    assert evals["eval_accuracy"] == pytest.approx(summary["eval_accuracy"], abs=1e-4) and evals["eval_samples"] == 16
+    assert {"train_loss", "eval_accuracy"} <= set(combined)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
+
+
+def test_eval_only_evaluates_an_export_without_training(trained_sst2, glue_dir, tmp_path, caplog):
+    trained_out, trained = trained_sst2
+    out = tmp_path / "eval-only"
+    with caplog.at_level(logging.INFO, logger="run_glue"):
+        summary = load_script().main(args_for("sst2", trained_out / "export", glue_dir, out, phases=("--do_eval",)))
+    assert "Process rank: -1, device: cpu, n_gpu: 0, distributed training: False" in caplog.text
+    assert f"run_glue: {json.dumps(summary)}" in caplog.text  # the summary is logged, as Transformers logs
+    assert summary["eval_accuracy"] == trained["eval_accuracy"] and summary["sparsity"] == 0.5
+    assert "export" not in summary and not (out / "export").exists()
+    assert sorted(os.listdir(out)) == ["all_results.json", "eval_results.json"]  # no training, no checkpoint
+
+
+@pytest.mark.parametrize("task", ["sst2", "stsb", "mnli"])
+def test_predict_writes_glue_submission_files(task, model_dir, glue_dir, tmp_path, monkeypatch):
+    descs, original = [], TrainingArguments.main_process_first
+
+    def spy(self, local=True, desc="work"):  # tokenization runs on the main process first (distributed runs)
+        descs.append(desc)
+        return original(self, local=local, desc=desc)
+
+    monkeypatch.setattr(TrainingArguments, "main_process_first", spy)
+    out = tmp_path / "predict"
+    extra = ["--max_predict_samples", "4"] if task == "sst2" else []
+    summary = load_script().main(args_for(task, model_dir, glue_dir, out, *extra, phases=("--do_predict",)))
+    assert descs == ["dataset map pre-processing"]
+    expected = {"mnli": {"mnli": 5, "mnli-mm": 7}, "stsb": {"stsb": 6}, "sst2": {"sst2": 4}}[task]
+    assert sorted(os.listdir(out)) == sorted(f"predict_results_{name}.txt" for name in expected)
+    assert summary["predictions"] == [str(out / f"predict_results_{name}.txt") for name in expected]
+    for name, rows in expected.items():
+        lines = (out / f"predict_results_{name}.txt").read_text().splitlines()
+        assert lines[0] == "index\tprediction" and len(lines) == rows + 1
+        assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(rows)]
+        values = [line.split("\t")[1] for line in lines[1:]]
+        if task == "stsb":
+            assert all(re.fullmatch(r"-?\d+\.\d{3}", v) for v in values), values
+        else:
+            names = {"sst2": {"negative", "positive"}, "mnli": {"entailment", "neutral", "contradiction"}}[task]
+            assert set(values) <= names, values
+
+
+def test_rerun_resumes_from_last_checkpoint(model_dir, glue_dir, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "resume"
+    argv = args_for("sst2", model_dir, glue_dir, out, "--save_strategy", "steps", "--save_steps", "3")
+    run_glue = load_script()
+    run_glue.main(argv)
+    assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint-")) == ["checkpoint-3", "checkpoint-6"]
+    shutil.rmtree(out / "checkpoint-6")  # as if the first run had stopped between steps 3 and 6
+    resumed_from = []
+    original = run_glue.PrunerTrainer.train
+
+    def spy(self, resume_from_checkpoint=None, *args, **kwargs):
+        resumed_from.append(resume_from_checkpoint)
+        return original(self, resume_from_checkpoint, *args, **kwargs)
+
+    monkeypatch.setattr(run_glue.PrunerTrainer, "train", spy)
+    with caplog.at_level(logging.INFO, logger="run_glue"):
+        summary = run_glue.main(argv)  # the same command again
+    assert resumed_from == [str(out / "checkpoint-3")]
+    assert f"Checkpoint detected, resuming training at {out / 'checkpoint-3'}" in caplog.text
+    assert summary["sparsity"] == 0.5
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
+    assert "train_loss" in json.loads((out / "train_results.json").read_text())
+
+
+def test_non_empty_output_dir_without_checkpoint_needs_overwrite(model_dir, glue_dir, tmp_path):
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "notes.txt").write_text("an earlier experiment\n")
+    with pytest.raises(ValueError, match="already exists and is not empty.*--overwrite_output_dir"):
+        load_script().main(args_for("rte", model_dir, glue_dir, out))
+    assert os.listdir(out) == ["notes.txt"]
+    summary = load_script().main(args_for("rte", model_dir, glue_dir, out, "--overwrite_output_dir"))
+    assert (out / "export" / "model.safetensors").is_file() and "eval_accuracy" in summary
+
+
+def test_a_phase_is_required(model_dir, glue_dir, tmp_path):
+    out = tmp_path / "nothing"
+    with pytest.raises(ValueError, match="pass at least one of --do_train, --do_eval, --do_predict"):
+        load_script().main(args_for("rte", model_dir, glue_dir, out, phases=()))
+    with pytest.raises(ValueError, match="--push_to_hub uploads the export that --do_train writes"):
+        load_script().main(args_for("rte", model_dir, glue_dir, out, "--push_to_hub", "--hub_model_id", "me/x", phases=("--do_eval",)))
+    assert not out.exists()
