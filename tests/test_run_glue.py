@@ -269,3 +269,26 @@ def test_a_phase_is_required(model_dir, glue_dir, tmp_path):
     with pytest.raises(ValueError, match="--push_to_hub uploads the export that --do_train writes"):
         load_script().main(args_for("rte", model_dir, glue_dir, out, "--push_to_hub", "--hub_model_id", "me/x", phases=("--do_eval",)))
     assert not out.exists()
+
+
+def test_torchrun_two_processes_train_eval_predict(model_dir, glue_dir, tmp_path):
+    """run_glue.py under torchrun (2 ranks, gloo on CPU): all three phases, results files written once by rank 0,
+    INFO logs (the summary line) from rank 0 only, one export."""
+    import subprocess
+
+    out = tmp_path / "ddp"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547", SCRIPT,
+           *args_for("sst2", model_dir, glue_dir, out, "--ddp_backend", "gloo", phases=("--do_train", "--do_eval", "--do_predict"))]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = done.stdout + done.stderr
+    assert logs.count("run_glue: {") == 1  # the summary, from rank 0 only
+    assert "Process rank: 0" in logs and "Process rank: 1" in logs  # the one warning every rank prints, as in Transformers
+    for name in ("train_results.json", "eval_results.json", "all_results.json", "trainer_state.json", "predict_results_sst2.txt"):
+        assert (out / name).is_file(), name
+    rows = (out / "predict_results_sst2.txt").read_text().splitlines()
+    assert rows[0] == "index\tprediction" and len(rows) == 1 + 6  # every test row once, not once per rank
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] >= 0
+    assert (out / "export" / "model.safetensors").is_file()
