@@ -60,8 +60,11 @@ def require_phase(training_args, phases: tuple[str, ...] = PHASES) -> None:
         raise ValueError(f"Nothing to do: pass at least one of {flags} (e.g. --do_train --do_eval).")
 
 
-def detect_last_checkpoint(training_args, overwrite_output_dir: bool = False, logger: logging.Logger | None = None):
-    """Transformers' last-checkpoint detection for a training run (None unless --do_train).
+def detect_last_checkpoint(
+    training_args, overwrite_output_dir: bool = False, logger: logging.Logger | None = None, training: bool | None = None
+):
+    """Transformers' last-checkpoint detection for a training run (None unless it trains: `training`, by default
+    --do_train).
 
     An output_dir with `checkpoint-*` folders gives the last one, to resume from (unless --resume_from_checkpoint
     names one); a non-empty output_dir without checkpoints is refused unless `overwrite_output_dir`.
@@ -69,7 +72,8 @@ def detect_last_checkpoint(training_args, overwrite_output_dir: bool = False, lo
     from transformers.trainer_utils import get_last_checkpoint
 
     output_dir = training_args.output_dir
-    if not training_args.do_train or overwrite_output_dir or not os.path.isdir(output_dir):
+    training = training_args.do_train if training is None else training
+    if not training or overwrite_output_dir or not os.path.isdir(output_dir):
         return None
     last_checkpoint = get_last_checkpoint(output_dir)
     if last_checkpoint is None and len(os.listdir(output_dir)) > 0:

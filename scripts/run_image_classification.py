@@ -12,7 +12,6 @@ image processor. The run ends with an export (`<output_dir>/export`) that loads 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -30,9 +29,16 @@ from transformers import (
     set_seed,
 )
 
-from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
+from pdp_hf import PDPConfig, PrunerTrainer
 from pdp_hf.args import parse_script_args
-from pdp_hf.hub import push_export, take_over_push
+from pdp_hf.hub import take_over_push
+from pdp_hf.scripting import (
+    checkpoint_to_resume,
+    detect_last_checkpoint,
+    finish_training_run,
+    record_train_result,
+    setup_logging,
+)
 
 logger = logging.getLogger("run_image_classification")
 
@@ -51,6 +57,10 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` image dataset (Hub id or path)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration, if any."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train in a non-empty output_dir without checkpoints, and never resume from its checkpoints."},
+    )
     train_dir: str | None = field(default=None, metadata={"help": "Image folder for training (a subfolder per class)."})
     validation_dir: str | None = field(default=None, metadata={"help": "Image folder for evaluation."})
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: 'image' or 'img')."})
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PDPConfig))
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args, pdp_config = parse_script_args(parser, argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging(training_args, logger)
+    last_checkpoint = detect_last_checkpoint(training_args, data_args.overwrite_output_dir, logger, training=True)
     set_seed(training_args.seed)
     hub_model_id = take_over_push(training_args)  # only the finished export is pushed
     training_args.remove_unused_columns = False  # the image column is turned into pixel_values on the fly
@@ -132,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())},
         pdp_config=pdp_config,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, last_checkpoint))
+    record_train_result(trainer, train_result, train_samples=len(data["train"]))
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
@@ -141,10 +153,11 @@ def main(argv: list[str] | None = None) -> dict:
     from huggingface_hub import EvalResult
 
     dataset_id = data_args.dataset_name or "imagefolder"
-    export_dir = os.path.join(training_args.output_dir, "export")
-    trainer.export_pruned(
-        export_dir,
-        overwrite=True,
+    return finish_training_run(
+        trainer,
+        "run_image_classification",
+        {"eval_accuracy": round(metrics["eval_accuracy"], 4)},
+        command="python scripts/run_image_classification.py " + shlex.join(argv),
         base_model=model_args.base_model_id or (None if os.path.isdir(model_args.model_name_or_path) else model_args.model_name_or_path),
         dataset=data_args.dataset_name,
         eval_results=[
@@ -153,17 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
                 dataset_split="validation", metric_type="accuracy", metric_value=float(metrics["eval_accuracy"]),
             )
         ],
-        command="python scripts/run_image_classification.py " + shlex.join(argv),
+        hub_model_id=hub_model_id,
+        hub_token=training_args.hub_token,
+        logger=logger,
     )
-    summary = {
-        "eval_accuracy": round(metrics["eval_accuracy"], 4),
-        "sparsity": round(sparsity_report(model, config=pdp_config)["total"]["sparsity"], 4),
-        "export": export_dir,
-    }
-    print("run_image_classification: " + json.dumps(summary))
-    if hub_model_id:
-        print(f"run_image_classification: pushed {push_export(export_dir, hub_model_id, training_args.hub_token)}")
-    return summary
 
 
 if __name__ == "__main__":
