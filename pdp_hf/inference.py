@@ -23,12 +23,11 @@ from torch import nn
 
 from .injection import get_pruner
 from .targets import find_targets
-from .units import role_map
+from .units import HEAD_COUNT_ATTRS, head_count, role_map
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "slice", "csr", "semi-structured")
-_HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -76,25 +75,6 @@ def removable_heads(attn_out: nn.Linear, num_heads: int) -> torch.Tensor:
     return (attn_out.weight == 0).view(attn_out.out_features, num_heads, width).all(dim=2).all(dim=0)
 
 
-def _head_count(attention: nn.Module, model: nn.Module) -> int:
-    for attr in _HEAD_COUNT_ATTRS:
-        value = getattr(attention, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    config = getattr(model, "config", None)
-    for attr in _HEAD_COUNT_ATTRS:
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise ValueError("Cannot find the attention head count of this model (config.num_attention_heads).")
-
-
-def _attention_module(model: nn.Module, query_name: str) -> nn.Module:
-    """The module that owns the head bookkeeping (BertSelfAttention, ViTAttention, DistilBERT's attention)."""
-    name = query_name.rpartition(".")[0]
-    return model.get_submodule(name)
-
-
 def _slice_neurons(model, index: int, roles: dict[str, str]) -> tuple[int, int] | None:
     ffn_in, ffn_out = model.get_submodule(roles["ffn_in"]), model.get_submodule(roles["ffn_out"])
     keep = _keep_at_least_one(~removable_neurons(ffn_in, ffn_out))
@@ -108,8 +88,9 @@ def _slice_neurons(model, index: int, roles: dict[str, str]) -> tuple[int, int] 
 
 
 def _slice_heads(model, index: int, roles: dict[str, str]) -> tuple[int, int] | None:
-    attention = _attention_module(model, roles["query"])
-    heads = _head_count(attention, model)
+    # The module that owns the head bookkeeping (BertSelfAttention, ViTAttention, DistilBERT's attention).
+    attention = model.get_submodule(roles["query"].rpartition(".")[0])
+    heads = head_count(model, roles["query"])
     attn_out = model.get_submodule(roles["attn_out"])
     keep = _keep_at_least_one(~removable_heads(attn_out, heads))
     if int(keep.sum()) == heads:
@@ -121,7 +102,7 @@ def _slice_heads(model, index: int, roles: dict[str, str]) -> tuple[int, int] | 
         _replace(model, roles[role], _sliced_linear(model.get_submodule(roles[role]), rows=idx))
     _replace(model, roles["attn_out"], _sliced_linear(attn_out, cols=idx))
     kept = int(keep.sum())
-    for attr in _HEAD_COUNT_ATTRS:  # the forward reshapes with view(..., -1, head_dim); keep the bookkeeping true
+    for attr in HEAD_COUNT_ATTRS:  # the forward reshapes with view(..., -1, head_dim); keep the bookkeeping true
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, kept)
     if isinstance(getattr(attention, "all_head_size", None), int):

@@ -235,12 +235,18 @@ def role_map(model: nn.Module, names: list[str]) -> dict[int, dict[str, str]]:
     return layers
 
 
-def _num_heads(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    for attr in ("num_attention_heads", "n_heads"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+
+
+def head_count(model: nn.Module, query_name: str) -> int:
+    """Heads of the attention that owns `query_name`: the attention module's own count (it differs from the
+    config's once heads were sliced out), else the config's."""
+    attention = model.get_submodule(query_name.rpartition(".")[0])
+    for owner in (attention, getattr(model, "config", None)):
+        for attr in HEAD_COUNT_ATTRS:
+            value = getattr(owner, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
     raise ValueError("Head granularity needs the model's head count (config.num_attention_heads); none was found.")
 
 
@@ -326,7 +332,7 @@ def _structured_group(model, name: str, kind: str, layers) -> UnitGroup:
         if modules["ffn_out"].in_features != units:
             raise ValueError(f"Layer {index}: FFN-in has {units} outputs but FFN-out {modules['ffn_out'].in_features} inputs.")
     else:
-        heads = _num_heads(model)
+        heads = head_count(model, present["query"])
         width = modules["query"].out_features // heads
         sizes = {r: (modules[r].in_features if r == "attn_out" else modules[r].out_features) for r in needed}
         if any(size != heads * width for size in sizes.values()):

@@ -156,3 +156,11 @@ def test_shrink_without_removable_neurons_writes_a_plain_export(tmp_path):
     model = finalize_pruning(apply_pruning(tiny_bert(), PDPConfig(target_sparsity=0.5)))
     export_pruned(model, tmp_path / "export", shrink=True)
     assert '"intermediate_size": 64' in (tmp_path / "export" / "config.json").read_text()
+
+
+def test_a_sliced_model_can_be_pruned_again_by_heads():
+    """Head units come from the attention module's own head count, which slicing updated (not the config's)."""
+    model = pruned(tiny_bert, granularity="head", target_sparsity=0.5)
+    optimize_for_inference(model, "slice")
+    groups = apply_pruning(model, PDPConfig(granularity="head", target_sparsity=0.5))._pdp_pruner.groups
+    assert [g.num_units for g in groups] == [1, 1] and model.config.num_attention_heads == 2
