@@ -142,16 +142,29 @@ def load_glue(task: str, glue_dir: str | None = None, splits: Iterable[str] | No
     if unknown:
         raise ValueError(f"GLUE task {task!r} has no split(s) {unknown}; choose from {list(files)}.")
     if glue_dir is None:
-        from datasets import load_dataset
-
-        hub = load_dataset("nyu-mll/glue", task)
-        return DatasetDict({split: hub[split] for split in wanted})
+        return DatasetDict(_from_hub(task, wanted))
     folder = os.path.join(glue_dir, spec.folder)
     missing = [files[s] for s in wanted if not os.path.isfile(os.path.join(folder, files[s]))]
     if missing:
         raise FileNotFoundError(f"GLUE task {task!r}: {missing} not found in {folder}.")
     tests = set(split_names(task, "test"))
     return DatasetDict({s: _read_tsv(os.path.join(folder, files[s]), spec, test=s in tests) for s in wanted})
+
+
+def _from_hub(task: str, splits: list[str]) -> dict:
+    from datasets import load_dataset
+
+    hint = (
+        f"GLUE {task!r} could not be loaded from the Hugging Face Hub ({{}}). Point --glue_dir (or GLUE_DIR for "
+        "make demo) at a local copy in GLUE's TSV layout, e.g. ../shared/data/glue with SST-2/train.tsv and dev.tsv."
+    )
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    try:
+        hub = load_dataset("nyu-mll/glue", task)  # offline, this still finds a copy in the datasets cache
+    except (OSError, ConnectionError) as err:  # no network, DNS, timeouts: datasets raises these after its retries
+        reason = "offline mode is on, no cached copy and no local GLUE folder" if offline else f"{type(err).__name__}: {err}"
+        raise FileNotFoundError(hint.format(reason)) from err
+    return {split: hub[split] for split in splits}
 
 
 def load_glue_test(task: str, glue_dir: str | None = None) -> DatasetDict:

@@ -146,3 +146,9 @@ def test_test_split_errors_are_clear(tmp_path):
     (tmp_path / "RTE" / "test.tsv").write_text("index\tsentence1\tsentence2\nx\ta\tb\n")
     with pytest.raises(ValueError, match="test.tsv:2: index 'x'"):
         load_glue_test("rte", str(tmp_path))
+
+
+def test_offline_without_local_folder_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="offline mode is on, no cached copy and no local GLUE folder.*Point --glue_dir \\(or GLUE_DIR"):
+        load_glue("sst2", None)
