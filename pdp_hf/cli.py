@@ -63,8 +63,14 @@ def cmd_export(args) -> int:
     from .injection import get_pruner
 
     model, config = _load_pruning(args.checkpoint)
+    card: dict = {}
     if get_pruner(model) is None:
-        raise SystemExit(f"{args.checkpoint} holds no {STATE_NAME}: it is not a PrunerTrainer checkpoint.")
+        if config is None:
+            raise SystemExit(
+                f"{args.checkpoint} holds no {STATE_NAME}: it is not a PrunerTrainer checkpoint (nor a pdp_hf export "
+                f"with {PRUNING_CONFIG_NAME})."
+            )
+        card = _card_metadata(args.checkpoint)  # an export, written again (e.g. --shrink): keep what its card says
     processor = None
     for loader in (AutoTokenizer, AutoProcessor):
         try:
@@ -73,11 +79,25 @@ def cmd_export(args) -> int:
         except (OSError, ValueError, KeyError):
             continue
     out = export_pruned(
-        model, args.output_dir, processor, overwrite=args.overwrite, base_model=args.base_model,
-        shrink=args.shrink, compressed=args.compressed,
+        model, args.output_dir, processor, pdp_config=config, overwrite=args.overwrite,
+        base_model=args.base_model or card.get("base_model"), dataset=card.get("dataset"),
+        eval_results=card.get("eval_results"), shrink=args.shrink, compressed=args.compressed,
+        command="pdp-hf " + " ".join(sys.argv[1:]) if card else None,
     )
     print(f"exported {args.checkpoint} -> {out}")
     return 0
+
+
+def _card_metadata(folder: str) -> dict:
+    """base_model, dataset and eval results recorded in an export's model card (empty when it has none)."""
+    from huggingface_hub import ModelCard
+
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return {}
+    data = ModelCard.load(path).data
+    datasets = data.datasets or []
+    return {"base_model": data.base_model, "dataset": datasets[0] if datasets else None, "eval_results": data.eval_results}
 
 
 def cmd_speed(args) -> int:
@@ -98,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print the full report as JSON")
     report.add_argument("--plot", metavar="PNG", default=None, help="also write a PNG plot of sparsity by layer and role")
     report.set_defaults(func=cmd_report)
-    export = sub.add_parser("export", help="finalize a training checkpoint into a plain Transformers export")
+    export = sub.add_parser(
+        "export", help="finalize a training checkpoint into a plain Transformers export, or write an export again "
+        "(e.g. with --shrink)"
+    )
     export.add_argument("checkpoint")
     export.add_argument("output_dir")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

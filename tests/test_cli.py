@@ -103,3 +103,21 @@ def test_speed_measures_both_ways_and_updates_the_card(tmp_path, capsys):
     assert "| 2 x 8 | `from_pretrained` (as stored) |" in out and "optimize=True)` |" in out
     card = (tmp_path / "exp" / "README.md").read_text()
     assert card.count("## Measured speed") == 1 and "| 2 x 8 |" in card and "## Pruning" in card
+
+
+def test_export_of_an_export_shrinks_and_keeps_the_card(tmp_path, capsys):
+    from huggingface_hub import EvalResult, ModelCard
+
+    from pdp_hf import apply_pruning, export_pruned, finalize_pruning
+
+    config = PDPConfig(granularity="neuron", target_sparsity=0.5)
+    model = finalize_pruning(apply_pruning(tiny_bert(), config))
+    result = EvalResult(task_type="text-classification", dataset_type="nyu-mll/glue", dataset_name="GLUE SST-2",
+                        dataset_split="validation", metric_type="accuracy", metric_value=0.81)
+    plain = export_pruned(model, tmp_path / "plain", pdp_config=config, base_model="org/base", dataset="nyu-mll/glue",
+                          eval_results=[result])
+    assert main(["export", plain, str(tmp_path / "shrunk"), "--shrink"]) == 0
+    assert '"intermediate_size": 32' in (tmp_path / "shrunk" / "config.json").read_text()
+    data = ModelCard.load(tmp_path / "shrunk" / "README.md").data
+    assert data.base_model == "org/base" and data.eval_results[0].metric_value == 0.81
+    assert PDPConfig.from_pretrained(tmp_path / "shrunk") == config
