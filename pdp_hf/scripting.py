@@ -155,6 +155,6 @@ def finish_training_run(
     report = sparsity_report(trainer.model, config=trainer.pdp_config)
     summary = {**summary, "sparsity": round(report["total"]["sparsity"], 4), "export": export_dir}
     log_summary(logger, script, summary)
-    if hub_model_id:
+    if hub_model_id and trainer.is_world_process_zero():  # one upload, from the main process
         logger.info(f"{script}: pushed {push_export(export_dir, hub_model_id, hub_token)}")
     return summary

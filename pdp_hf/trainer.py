@@ -195,6 +195,14 @@ class PrunerTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def export_pruned(self, output_dir: str, **kwargs) -> str:
-        """`pdp_hf.export_pruned` for this trainer's model, with its tokenizer/processor and PDPConfig."""
+        """`pdp_hf.export_pruned` for this trainer's model, with its tokenizer/processor and PDPConfig.
+
+        Under DDP only the main process writes (every rank holds the same model); the others wait until the export
+        is in place, so all ranks return with it on disk."""
+        import os
+
         kwargs.setdefault("pdp_config", self.pdp_config)
-        return export_pruned(self.model, output_dir, self.processing_class, **kwargs)
+        if self.args.should_save:
+            output_dir = export_pruned(self.model, output_dir, self.processing_class, **kwargs)
+        self.accelerator.wait_for_everyone()
+        return os.path.abspath(output_dir)

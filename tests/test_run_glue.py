@@ -192,7 +192,7 @@ def test_eval_only_evaluates_an_export_without_training(trained_sst2, glue_dir, 
     out = tmp_path / "eval-only"
     with caplog.at_level(logging.INFO, logger="run_glue"):
         summary = load_script().main(args_for("sst2", trained_out / "export", glue_dir, out, phases=("--do_eval",)))
-    assert "Process rank: -1, device: cpu, n_gpu: 0, distributed training: False" in caplog.text
+    assert "Process rank: 0, device: cpu, n_gpu: 0, distributed training: False" in caplog.text
     assert f"run_glue: {json.dumps(summary)}" in caplog.text  # the summary is logged, as Transformers logs
     assert summary["eval_accuracy"] == trained["eval_accuracy"] and summary["sparsity"] == 0.5
     assert "export" not in summary and not (out / "export").exists()
