@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Size of a compressed export against the plain one, for a finished export folder.
 
-    python scripts/benchmark_compressed.py outputs/demo
+    python scripts/benchmark_compressed.py outputs/demo/export
 
 Prints the pruned matrices' bytes (bitmask + values vs dense) and the whole weight files, and checks that the
 compressed folder loads back bit-exactly.
@@ -37,4 +37,4 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/demo")
+    main(sys.argv[1] if len(sys.argv) > 1 else "outputs/demo/export")

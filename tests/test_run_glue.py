@@ -148,7 +148,11 @@ def test_push_offline_fails_clearly_after_complete_export(model_dir, glue_dir, t
 
 
 @pytest.mark.parametrize(
-    "config", sorted(p for p in os.listdir(os.path.join(os.path.dirname(SCRIPT), "configs")) if p.endswith(".json"))
+    "config",
+    sorted(
+        p for p in os.listdir(os.path.join(os.path.dirname(SCRIPT), "configs"))
+        if p.endswith(".json") and not p.startswith("demo_")  # demo_*: scripts/demo.py's recipes (tests/test_demo.py)
+    ),
 )
 def test_reference_configs_parse(config):
     path = os.path.join(os.path.dirname(SCRIPT), "configs", config)
