@@ -1,0 +1,89 @@
+"""Differentiable top-k (the SMART pruner's mask; Ding et al. 2024, arXiv 2403.19969).
+
+For scores s_1..s_n, a temperature tau > 0 and a count k (0 < k < n):
+
+    f_i = sigmoid(s_i / tau + lambda),   lambda such that sum_i f_i = k.
+
+The sum is strictly increasing in lambda, so lambda is found by safeguarded Newton steps; it lies in
+[logit(k/n) - max(s)/tau, logit(k/n) - min(s)/tau] (at the left end every f_i <= k/n, at the right every f_i >= k/n).
+As tau -> 0, f tends to the hard top-k indicator (ties aside).
+
+Backward treats lambda as the function of s that the constraint defines (implicit differentiation): with
+d_i = f_i (1 - f_i),
+
+    df_i/ds_j = (1/tau) (d_i delta_ij - d_i d_j / sum_l d_l),
+
+so the vector-Jacobian product is grad_s = (d / tau) * (g - sum(d * g) / sum(d)). Rows are independent: the last
+dimension is the one ranked, every leading index (a layer, or an N:M group) has its own lambda and k.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MAX_STEPS = 100
+_COUNT_TOL = 1e-9  # |sum f - k| at convergence, relative to max(k, 1): exact to float64 noise
+
+
+@torch.no_grad()
+def solve_lambda(scores: torch.Tensor, k: torch.Tensor | int, tau: float) -> torch.Tensor:
+    """lambda (float64, shaped scores.shape[:-1] + (1,)) with sum(sigmoid(scores / tau + lambda), -1) = k.
+
+    Safeguarded Newton: a Newton step on the count (its derivative is sum f (1 - f)) when it stays inside the
+    current bracket, else bisection; a few steps for smooth masks, bisection's guarantee for nearly hard ones."""
+    s = scores.detach().double() / tau
+    n = s.shape[-1]
+    k = torch.as_tensor(k, dtype=torch.float64, device=s.device).expand(s.shape[:-1]).unsqueeze(-1)
+    if bool(((k <= 0) | (k >= n)).any()):
+        raise ValueError(f"soft top-k needs 0 < k < n (n = {n}); got k in [{float(k.min())}, {float(k.max())}].")
+    base = torch.logit(k / n)
+    lo = base - s.amax(-1, keepdim=True)
+    hi = base - s.amin(-1, keepdim=True)
+    lam = 0.5 * (lo + hi)
+    tol = _COUNT_TOL * k.clamp_min(1.0)
+    for _ in range(_MAX_STEPS):
+        f = torch.sigmoid(s + lam)
+        excess = f.sum(-1, keepdim=True) - k
+        if bool((excess.abs() <= tol).all()):
+            break
+        hi = torch.where(excess > 0, lam, hi)
+        lo = torch.where(excess > 0, lo, lam)
+        slope = (f * (1.0 - f)).sum(-1, keepdim=True)
+        newton = lam - excess / slope.clamp_min(torch.finfo(torch.float64).tiny)
+        inside = (newton > lo) & (newton < hi)
+        lam = torch.where(inside, newton, 0.5 * (lo + hi))
+    return lam
+
+
+class _SoftTopK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores, k, tau):
+        lam = solve_lambda(scores, k, tau)
+        f = torch.sigmoid(scores.double() / tau + lam)
+        ctx.save_for_backward(f)
+        ctx.tau = tau
+        return f.to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (f,) = ctx.saved_tensors
+        d = f * (1.0 - f)
+        g = grad.double()
+        total = d.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        grad_s = d / ctx.tau * (g - (d * g).sum(-1, keepdim=True) / total)
+        return grad_s.to(grad.dtype), None, None
+
+
+def soft_topk(scores: torch.Tensor, k: torch.Tensor | int, tau: float) -> torch.Tensor:
+    """sigmoid(scores / tau + lambda) along the last dimension, lambda per row such that each row sums to k.
+
+    Differentiable in `scores` (lambda implicitly a function of them). `k` is an int or a tensor of shape
+    `scores.shape[:-1]` with 0 < k < n.
+
+    >>> f = soft_topk(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), 2, tau=0.01)
+    >>> [round(v, 3) for v in f[0].tolist()], round(float(f.sum()), 4)
+    ([1.0, 0.0, 1.0, 0.0], 2.0)
+    """
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau!r}.")
+    return _SoftTopK.apply(scores, k, float(tau))
