@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from .config import PDPConfig
+from .config import RUNTIME_FIELDS, PDPConfig
 
 STATE_NAME = "pruning_state.safetensors"
 
@@ -46,8 +46,12 @@ def load_state(pruner, directory: str) -> None:
             f"{directory} has no {STATE_NAME}: it was not written by PrunerTrainer, so its pruning state is unknown."
         )
     saved = PDPConfig.from_pretrained(directory)
-    if saved != pruner.config:
-        diff = {k: (v, getattr(pruner.config, k)) for k, v in saved.to_dict().items() if getattr(pruner.config, k) != v}
+    diff = {
+        k: (v, getattr(pruner.config, k))
+        for k, v in saved.to_dict().items()
+        if getattr(pruner.config, k) != v and k not in RUNTIME_FIELDS
+    }
+    if diff:
         raise ValueError(
             f"Checkpoint {directory} was made with another PDPConfig; differing fields (checkpoint, now): {diff}. "
             "Resume with the checkpoint's config (PDPConfig.from_pretrained(checkpoint_dir))."
@@ -75,3 +79,4 @@ def load_state(pruner, directory: str) -> None:
                 group.zeros = pruner.budgets[group.name]
             else:
                 group.hard_mask, group.zeros = None, 0
+            group.keeps_zeros, group._pruned = False, None  # Pruner.set_optimizer (train begin) sets it again

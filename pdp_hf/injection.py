@@ -45,7 +45,9 @@ class PrunedLinear(nn.Linear):
         # `self`, not `member.module`: under nn.DataParallel a replica runs with its own copies of the weights.
         group, member = self.pdp_group, self.pdp_member
         if group.hard_mask is not None:
-            return group.masked(group.hard_mask, member, self)
+            if group.keeps_zeros:  # zeros in place, gradients masked: no pass over the weight in forward
+                return group.zeros_kept(member, self)
+            return group.hard_masked(member, self)
         if group.zeros == 0:
             return self.weight, self.bias
         if self.training:
@@ -83,6 +85,7 @@ class Pruner:
     ```python
     pruner = get_pruner(apply_pruning(model, config))
     pruner.set_total_steps(num_optimizer_steps)
+    pruner.set_optimizer(optimizer)  # optional: hardened zeros stay in place, no mask in the forward
     for step in range(num_optimizer_steps):
         pruner.step(step)          # before the forward passes of optimizer step `step`
         ...                        # forward, backward, optimizer.step()
@@ -98,6 +101,11 @@ class Pruner:
         self.schedule: PruningSchedule | None = None
         self.budgets: dict[str, int] | None = None  # final pruned units per group, fixed at pruning start
         self.hardened = False
+        self.optimizer = None  # set_optimizer: whose per-weight state is zeroed with the pruned weights at hardening
+
+    def __getstate__(self) -> dict:
+        # deepcopy / pickle of a model copies its pruner, never the training loop's optimizer
+        return {**self.__dict__, "optimizer": None}
 
     # -- schedule -------------------------------------------------------------------------------------------------
     def set_total_steps(self, total_steps: int) -> None:
@@ -178,9 +186,37 @@ class Pruner:
                 "rate, enable gradient clipping (max_grad_norm), or use bf16 instead of fp16."
             )
 
+    def set_optimizer(self, optimizer) -> None:
+        """Hand over the training loop's optimizer (PrunerTrainer does it for you).
+
+        At hardening the pruned weights are zeroed in place, and with an optimizer set, so is its per-weight state
+        for them (Adam's moments, SGD's momentum): from then on their gradients are masked, they stay exactly zero
+        under every optimizer that does not move a weight whose gradient and state are zero (torch.optim's and
+        Transformers' own), the forward needs no mask, and checkpoints hold the sparse model. Without an
+        optimizer, the hardened mask keeps being multiplied in at every forward (correct for any loop)."""
+        self.optimizer = optimizer
+        if self.hardened:  # resumed after hardening (or hardened before training): the same state as at hardening
+            self._keep_zeros()
+
+    @torch.no_grad()
+    def _keep_zeros(self) -> None:
+        state = optimizer_state(self.optimizer)
+        for group in self.groups:
+            group.zero_pruned_()
+            for member in group.members:
+                weight_pruned, bias_pruned = group.pruned_entries(member)
+                for param, pruned in ((member.module.weight, weight_pruned), (member.module.bias, bias_pruned)):
+                    if param is None or pruned is None or param not in state:
+                        continue
+                    for value in state[param].values():
+                        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                            value.masked_fill_(pruned.to(value.device), 0)
+            group.keeps_zeros = True
+
     @torch.no_grad()
     def harden(self) -> None:
-        """Fix every mask to exactly its final budget of pruned units; training may continue with fixed masks."""
+        """Fix every mask to exactly its final budget of pruned units and zero the pruned weights in place;
+        training may continue with fixed masks (see `set_optimizer`)."""
         self.check_finite("hardening")
         if self.budgets is None:
             self.budgets = self.compute_budgets()
@@ -188,7 +224,10 @@ class Pruner:
             group.zeros = self.budgets[group.name]
             group.hard_mask = self.method.hard_mask(group, group.zeros)
             self.method.remove_group(group)
+            group.zero_pruned_()
         self.hardened = True
+        if self.optimizer is not None:
+            self._keep_zeros()
 
     def hard_view(self, group: UnitGroup) -> torch.Tensor:
         """The unit-level keep-mask finalize would bake in now (exact count at the current sparsity)."""
@@ -219,6 +258,13 @@ class Pruner:
     def load_state(self, directory: str) -> None:
         """Restore budgets and hardened masks from a checkpoint written by `save_state` with the same config."""
         load_state(self, directory)
+
+def optimizer_state(optimizer) -> dict:
+    """`optimizer.state` (param -> dict of tensors) through wrappers such as accelerate's AcceleratedOptimizer."""
+    while not hasattr(optimizer, "state") and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return getattr(optimizer, "state", {})
+
 
 def global_budgets(scores: dict[str, torch.Tensor], target: float) -> dict[str, int]:
     """Per-layer zero counts from one magnitude ranking over all layers: the round(target * N) smallest scores
@@ -306,6 +352,6 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
             for attr in _MODULE_ATTRS:
                 module.__dict__.pop(attr, None)
             module.__class__ = nn.Linear
-        group.hard_mask = None
+        group.hard_mask, group.keeps_zeros, group._pruned = None, False, None
     delattr(model, PRUNER_ATTR)
     return model

@@ -23,7 +23,9 @@ def _sample_index(n: int, device: torch.device) -> torch.Tensor:
     key = (n, str(device))
     if key not in _sample_index_cache:
         g = torch.Generator().manual_seed(n)  # deterministic: every process picks the same sample
-        _sample_index_cache[key] = torch.randint(0, n, (SAMPLE_SIZE,), generator=g).to(device)
+        # Sorted: the same sample, gathered in memory order (several times faster than random order on CPU).
+        index = torch.randint(0, n, (SAMPLE_SIZE,), generator=g).sort().values
+        _sample_index_cache[key] = index.to(device)
     return _sample_index_cache[key]
 
 
@@ -54,8 +56,7 @@ def kth_smallest_pair(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     spread = _BRACKET_SIGMAS * math.sqrt(q * (1 - q) / SAMPLE_SIZE) + 2.0 / SAMPLE_SIZE
     lo_rank = max(1, math.floor((q - spread) * SAMPLE_SIZE))
     hi_rank = min(SAMPLE_SIZE, math.ceil((q + spread) * SAMPLE_SIZE))
-    bounds = torch.sort(sample).values
-    lo, hi = bounds[lo_rank - 1], bounds[hi_rank - 1]
+    lo, hi = _kth(sample, lo_rank), _kth(sample, hi_rank)  # two O(S) selections, cheaper than sorting the sample
     below = int((flat < lo).sum())
     inside = flat[(flat >= lo) & (flat <= hi)]
     rank = k - below  # rank of the answer among the bracketed entries
@@ -65,16 +66,25 @@ def kth_smallest_pair(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return ordered[rank - 1], ordered[rank]
 
 
-def sampled_kth_pair(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _kth(values: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.kthvalue(values, k).values
+
+
+def sampled_kth_pair(flat: torch.Tensor, k: int, absolute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Estimates of the k-th and (k+1)-th smallest entries from the fixed 65,536-entry sample (same quantile).
 
     The rank error is about sqrt(q(1-q)/65536) * n (0.12% of n at q = 0.9); used between exact refreshes.
+    `absolute=True` ranks |flat| (and reads only the sampled entries of `flat`, not all of it).
     """
     n = flat.numel()
     if n <= 4 * SAMPLE_SIZE:
-        pair = _direct(flat, k)
+        pair = _direct(flat.abs().float() if absolute else flat, k)
         return pair[0], pair[1] if pair[1] is not None else pair[0]
     sample = flat[_sample_index(n, flat.device)]
+    if absolute:
+        sample = sample.abs().float()
     rank = min(SAMPLE_SIZE - 1, max(1, round(k / n * SAMPLE_SIZE)))
-    pair = torch.topk(sample, rank + 1, largest=False, sorted=True).values[-2:] if rank < 64 else torch.sort(sample).values[rank - 1 : rank + 1]
-    return pair[0], pair[1]
+    kth = _kth(sample, rank)
+    # The (rank + 1)-th without a second selection: kth itself when ties run past the rank, else the next value up.
+    above = torch.where(sample > kth, sample, torch.full_like(sample, float("inf"))).min()
+    return kth, torch.where((sample <= kth).sum() > rank, kth, above)

@@ -23,8 +23,12 @@ class PruningCallback(TrainerCallback):
     def __init__(self, model):
         self.model = model
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        get_pruner(self.model).set_total_steps(state.max_steps)
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        pruner = get_pruner(self.model)
+        pruner.set_total_steps(state.max_steps)
+        # After the checkpoint's weights and optimizer state are loaded: a run resumed after hardening zeroes them
+        # as at hardening; otherwise hardening will.
+        pruner.set_optimizer(optimizer)
 
     def on_step_begin(self, args, state, control, **kwargs):
         get_pruner(self.model).step(state.global_step)
@@ -36,8 +40,11 @@ class PrunerTrainer(Trainer):
     - masks are applied to the model at construction (`apply_pruning`);
     - the sparsity schedule advances once per optimizer step; `sparsity`, `temperature` and `mask_gap` are added
       to the Trainer's logs;
-    - checkpoints keep the dense weights plus the pruning state (`pruning_state.safetensors`), so resuming with
+    - checkpoints keep the weights plus the pruning state (`pruning_state.safetensors`), so resuming with
       `train(resume_from_checkpoint=...)` continues exactly;
+    - at `harden_at` the pruned weights are zeroed in place together with their optimizer state (Adam moments)
+      and from then on only their gradients are masked: later checkpoints already hold the sparse model, and the
+      forward multiplies no mask;
     - at the end of `train()` the masks are hardened and baked in (`finalize_pruning`); `export_pruned(dir)` then
       writes a checkpoint that loads with plain Transformers;
     - with `teacher_model=`, the training loss is `distill_alpha * KD + (1 - distill_alpha) * task loss`

@@ -47,8 +47,10 @@ class UnitGroup:
     """Units that share one budget (uniform) and one set of method state.
 
     `zeros` is the number of units pruned in force now, `hard_mask` the fixed boolean keep-mask over units after
-    hardening (None before). Methods keep their per-group tensors in `state`: plain
-    attributes, not module buffers, so DDP never broadcasts them (every rank computes them from the same weights).
+    hardening (None before). With `keeps_zeros` (hardened in a training loop that also zeroed the optimizer's
+    state, see `Pruner.set_optimizer`) the pruned weights are zero in place and only their gradients are masked.
+    Methods keep their per-group tensors in `state`: plain attributes, not module buffers, so DDP never broadcasts
+    them (every rank computes them from the same weights).
     """
 
     name: str
@@ -60,12 +62,14 @@ class UnitGroup:
     m: int = 0
     zeros: int = 0
     hard_mask: torch.Tensor | None = None
+    keeps_zeros: bool = False
     state: dict = field(default_factory=dict)
     _forward_cache: tuple | None = field(default=None, repr=False, compare=False)
+    _pruned: dict | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
         # deepcopy / pickle: a value shared within one forward pass (with its autograd graph) is never copied
-        return {**self.__dict__, "_forward_cache": None}
+        return {**self.__dict__, "_forward_cache": None, "_pruned": None}
 
     def once_per_forward(self, compute) -> torch.Tensor:
         """`compute()` once for the consecutive forward calls of the group's members (a neuron mask is used by
@@ -167,13 +171,58 @@ class UnitGroup:
         touch it). `module` is the module that runs (a DataParallel replica of `member.module`, say)."""
         module = member.module if module is None else module
         weight_mask, bias_mask = self.expand(mask.to(module.weight.device), member)
-        bias = module.bias * bias_mask if bias_mask is not None and module.bias is not None else module.bias
-        return module.weight * weight_mask, bias
+        return _apply_masks(module, weight_mask, bias_mask)
+
+    def hard_masked(self, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) times the hardened mask (for loops that do not keep the zeros, see `keeps_zeros`)."""
+        return _apply_masks(module, *self.keep_factors(member, module.weight.device))
+
+    def pruned_entries(self, member: Member, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias or None) boolean masks of the entries `hard_mask` prunes in `member`, True = pruned, on
+        `device` (default: the member's)."""
+        device = member.module.weight.device if device is None else device
+        weight_mask, bias_mask = self.expand(self.hard_mask.to(device), member)
+        return ~weight_mask, None if bias_mask is None else ~bias_mask
+
+    def keep_factors(self, member: Member, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`hard_mask` of `member` as 0/1 multipliers (weight, bias or None), built once per device: multiplying by
+        a floating mask is several times faster on CPU than by a bool one (see `multiplier`)."""
+        if self._pruned is None:
+            self._pruned = {}
+        if device not in self._pruned:
+            factors = {}
+            for m in self.members:
+                weight_mask, bias_mask = self.expand(self.hard_mask.to(device), m)
+                dtype = m.module.weight.dtype
+                factors[m.name] = (multiplier(weight_mask, dtype), None if bias_mask is None else multiplier(bias_mask, dtype))
+            self._pruned[device] = factors
+        return self._pruned[device][member.name]
+
+    @torch.no_grad()
+    def zero_pruned_(self) -> None:
+        """Write +0.0 into every pruned weight (and bias entry) of the group, in place."""
+        for member in self.members:
+            weight_pruned, bias_pruned = self.pruned_entries(member)
+            member.module.weight.masked_fill_(weight_pruned, 0.0)
+            if bias_pruned is not None and member.module.bias is not None:
+                member.module.bias.masked_fill_(bias_pruned, 0.0)
+
+    def zeros_kept(self, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of a `keeps_zeros` group: the weights as they are (their pruned entries are zero), with
+        the gradient of the pruned entries masked."""
+        from .kernels import mask_gradient
+
+        weight_keep, bias_keep = self.keep_factors(member, module.weight.device)
+        bias = module.bias
+        if bias_keep is not None and bias is not None:
+            bias = mask_gradient(bias, bias_keep)
+        return mask_gradient(module.weight, weight_keep), bias
 
     def to_device(self, device: torch.device) -> None:
         """Move the hard mask and the method state to `device` (dtypes unchanged: thresholds stay float32)."""
         if self.hard_mask is not None and self.hard_mask.device != device:
             self.hard_mask = self.hard_mask.to(device)
+            self._pruned = None
         for key, value in self.state.items():
             if isinstance(value, torch.Tensor) and value.device != device:
                 self.state[key] = value.to(device)
@@ -184,6 +233,29 @@ class UnitGroup:
         if self.kind == "n:m":
             return f"{self.n}:{self.m}"
         return self.kind
+
+
+def _apply_masks(module: nn.Linear, weight_mask: torch.Tensor, bias_mask: torch.Tensor | None):
+    weight, bias = module.weight * weight_mask, module.bias
+    if bias_mask is not None and bias is not None:
+        bias = bias * bias_mask
+    if weight.dtype != module.weight.dtype:  # a mask made for another dtype (the model was cast since)
+        weight, bias = weight.to(module.weight.dtype), None if bias is None else bias.to(module.weight.dtype)
+    return weight, bias
+
+
+def multiplier(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A keep-mask as 0/1 values to multiply a tensor of `dtype` by. bfloat16 for float32 tensors (exact for 0 and
+    1, half the memory of float32, and the product stays float32), else `dtype` itself. On CPU, `w * bool_mask`
+    converts the mask on every call and costs about 3x a multiply by a floating mask."""
+    if mask.dtype != torch.bool:
+        return mask
+    return mask.to(multiplier_dtype(dtype))
+
+
+def multiplier_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype `multiplier` gives a mask for tensors of `dtype`."""
+    return torch.bfloat16 if dtype == torch.float32 else dtype
 
 
 def parse_role_map(value: str, what: str, allowed: tuple[str, ...] | None = None) -> dict[str, str]:

@@ -1,3 +1,3 @@
 """The package version, in a module of its own so inner layers never import the package's public face."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -1,129 +1,234 @@
 #!/usr/bin/env python
-"""Training-step cost of pruning, side by side: plain Trainer vs PrunerTrainer per method, as ratios to dense.
+"""Training-step cost of pruning beside dense training, as ratios measured side by side in one process.
 
-    python scripts/benchmark_training.py                       # MiniLM and BERT-base shapes, CPU, batch 32, seq 128
-    python scripts/benchmark_training.py --shapes minilm --steps 8 --rounds 3
-    python scripts/benchmark_training.py --device cuda --dtype bf16   # on a GPU, with autocast
+    python scripts/benchmark_training.py                                  # BERT-base width, 4 layers; batch 8 and 32
+    python scripts/benchmark_training.py --shape minilm --batch_sizes 8 --steps 10
+    python scripts/benchmark_training.py --device cuda --dtype bf16        # on a GPU, bf16 autocast
 
-Each (shape, variant) runs in its own process (so peak memory is its own), for `--steps` measured optimizer steps
-after `--warmup` steps; variants are interleaved round by round and the median step time is kept, so slow drifts of
-a shared machine hit every variant alike. The pruning ramp covers every measured step (soft masks and threshold
-selection active at each step: PDP's most expensive phase). Weights are random: cost does not depend on them.
+Every variant is its own copy of the same model (random weights: cost does not depend on them) with its own AdamW,
+trained on the same batches. Steps are interleaved (one step of every variant, in a fresh random order, then the
+next), so a slow drift of a shared machine hits every variant alike, and each ratio is the variant's total time over the dense total
+across all measured steps (whole cycles of `threshold_refresh_steps`, so the exact-selection steps are counted at
+their real frequency), with the mean of the dense instances (`dense`, `dense-2`) as the denominator. A step is what Trainer does per optimizer step: forward, backward, gradient clipping,
+AdamW, zero_grad, plus `Pruner.step` for the pruned variants.
+
+Variants:
+- `dense`: plain nn.Linear layers;
+- `dense-2`: a second, identical dense model: its ratio to `dense` shows how far two equal runs differ here;
+- `floor`: the targeted layers pay the memory traffic of the floor of any per-weight mask, with no arithmetic
+  (forward reads W and writes W'; backward reads W and the gradient, writes the weight gradient);
+- `pdp`: PDP in its ramp (soft masks, threshold selection) with the default fused kernel (`mask_kernel="auto"`);
+- `pdp-eager`: the same with `mask_kernel="eager"` (one pass per elementwise operation);
+- `magnitude`: gradual magnitude pruning in its ramp (hard masks recomputed every step);
+- `hardened`: after hardening, pruned weights zero in place with masked gradients (PrunerTrainer's path);
+- `hardened-masked`: after hardening with the mask multiplied in at every forward (a loop without
+  `Pruner.set_optimizer`, and pdp_hf before 0.3).
+Peak memory is measured per variant in a child process (VmHWM on Linux CPU, max allocated on CUDA) over 3 steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import statistics
+import random
 import subprocess
 import sys
 import time
 
 SHAPES = {
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base-4l": dict(hidden_size=768, num_hidden_layers=4, num_attention_heads=12, intermediate_size=3072),
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
 }
-VARIANTS = {
-    "dense": None,
-    "pdp": dict(method="pdp", threshold_refresh_steps=1),  # exact selection at every step
-    "pdp-refresh10": dict(method="pdp", threshold_refresh_steps=10),  # the default
-    "magnitude": dict(method="magnitude"),
-}
+VARIANTS = ("dense", "dense-2", "floor", "pdp", "pdp-eager", "magnitude", "hardened", "hardened-masked")
 
 
-def run_one(shape: str, variant: str, args) -> dict:
-    """Inside the child process: build, train, report step times and peak memory."""
+def floor_linear_class():
+    """A Linear whose weight costs exactly the memory traffic of the floor of any per-weight mask, with no
+    arithmetic: forward reads W and writes a copy; backward reads W and the incoming gradient and writes the weight
+    gradient (equal to the incoming one)."""
     import torch
-    from datasets import Dataset
-    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+    import torch.nn.functional as F
 
-    from pdp_hf import PDPConfig, PrunerTrainer
+    class Floor(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, weight):
+            ctx.save_for_backward(weight)
+            return weight.clone()
 
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(**SHAPES[shape], num_labels=2))
-    n = args.batch_size * (args.warmup + args.steps)
-    ids = torch.randint(1000, 20000, (n, args.seq_len))
-    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
-    times: list[float] = []
+        @staticmethod
+        def backward(ctx, grad):
+            (weight,) = ctx.saved_tensors
+            return torch.addcmul(grad, grad, weight, value=0.0)
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
+    class FloorLinear(torch.nn.Linear):
+        def forward(self, x):
+            return F.linear(x, Floor.apply(self.weight), self.bias)
 
-        def on_step_end(self, a, state, control, **kw):
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t0)
+    return FloorLinear
 
-    targs = TrainingArguments(
-        output_dir=os.path.join(args.tmp, f"{shape}-{variant}"), max_steps=args.warmup + args.steps,
-        per_device_train_batch_size=args.batch_size, learning_rate=1e-4, report_to=[], save_strategy="no",
-        logging_steps=10_000, disable_tqdm=True, use_cpu=args.device == "cpu",
-        bf16=args.dtype == "bf16", fp16=args.dtype == "fp16", dataloader_num_workers=0,
-    )
-    kwargs = dict(model=model, args=targs, train_dataset=data, callbacks=[Timer()])
-    if VARIANTS[variant] is None:
-        trainer = Trainer(**kwargs)
-    else:
-        config = PDPConfig(target_sparsity=0.9, pruning_start=0, pruning_end=args.warmup + args.steps, harden_at=None, **VARIANTS[variant])
-        trainer = PrunerTrainer(**kwargs, pdp_config=config)
-    trainer.train()
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    return {"ms": 1000 * statistics.median(times[args.warmup :]), "peak_mib": peak}
+
+def pdp_config(variant: str, ramp_steps: int):
+    from pdp_hf import PDPConfig
+
+    # The ramp covers every step measured (mid-ramp at the end), soft masks and selection active at each.
+    ramp = dict(target_sparsity=0.9, pruning_start=0, pruning_end=ramp_steps, harden_at=None)
+    if variant == "pdp":
+        return PDPConfig(**ramp)
+    if variant == "pdp-eager":
+        return PDPConfig(**ramp, mask_kernel="eager")
+    if variant == "magnitude":
+        return PDPConfig(**ramp, method="magnitude")
+    if variant in ("hardened", "hardened-masked"):
+        return PDPConfig(target_sparsity=0.9, pruning_start=0, pruning_end=0, harden_at=0)  # hard from step 0
+    return None
+
+
+class Run:
+    """One variant: its model, optimizer and pruner, and a `step(batch)` as Trainer would run it."""
+
+    def __init__(self, variant: str, args):
+        import torch
+        from transformers import BertConfig, BertForSequenceClassification
+
+        from pdp_hf import apply_pruning, get_pruner
+
+        torch.manual_seed(0)
+        self.variant, self.args, self.torch = variant, args, torch
+        self.model = BertForSequenceClassification(BertConfig(**SHAPES[args.shape], num_labels=2)).to(args.device)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+        self.pruner = None
+        if variant == "floor":
+            from pdp_hf.targets import find_targets
+
+            floor_linear = floor_linear_class()
+            for name in find_targets(self.model, None):
+                self.model.get_submodule(name).__class__ = floor_linear
+        ramp_steps = 2 * (args.warmup + args.steps + 1)
+        config = pdp_config(variant, ramp_steps)
+        if config is not None:
+            self.pruner = get_pruner(apply_pruning(self.model, config))
+            self.pruner.set_total_steps(ramp_steps + 1)
+            if variant != "hardened-masked":
+                self.pruner.set_optimizer(self.optimizer)
+        self.global_step = 0
+
+    def step(self, batch) -> float:
+        torch = self.torch
+        if self.args.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        if self.pruner is not None:
+            self.pruner.step(self.global_step)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.args.dtype)
+        with torch.autocast(self.args.device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = self.model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.args.device == "cuda":
+            torch.cuda.synchronize()
+        self.global_step += 1
+        return time.perf_counter() - start
+
+
+def make_batch(args, batch_size: int, step: int):
+    import torch
+
+    g = torch.Generator().manual_seed(step)
+    ids = torch.randint(1000, 20000, (batch_size, args.seq_len), generator=g)
+    return {"input_ids": ids.to(args.device), "labels": (ids[:, 0] % 2).to(args.device)}
+
+
+def peak_memory(variant: str, batch_size: int, args) -> float:
+    """Peak memory (MiB) of `steps` training steps of one variant, in a fresh process."""
+    command = [sys.executable, __file__, "--child", variant, "--batch_sizes", str(batch_size), *passthrough(args)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])["peak_mib"]
+
+
+def passthrough(args) -> list[str]:
+    flags = [f"--{k}={getattr(args, k)}" for k in ("shape", "seq_len", "device", "dtype", "warmup", "steps")]
+    return flags + (["--flush_denormal"] if args.flush_denormal else [])
+
+
+def child(variant: str, args) -> None:
+    import torch
+
+    run = Run(variant, args)
+    for step in range(3):
+        run.step(make_batch(args, args.batch_sizes[0], step))
+    if args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:  # VmHWM, not ru_maxrss: the latter keeps the parent's peak from before exec
+        with open("/proc/self/status", encoding="utf-8") as f:
+            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    print("RESULT " + json.dumps({"peak_mib": peak}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shape", default="bert-base-4l", choices=list(SHAPES))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="Unmeasured steps per variant (compilation, caches).")
+    parser.add_argument("--steps", type=int, default=20, help="Measured steps per variant (a multiple of 10).")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--tmp", default="outputs/benchmark")
-    parser.add_argument("--child", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--no_memory", action="store_true", help="Skip the per-variant peak-memory processes.")
+    parser.add_argument("--flush_denormal", action="store_true",
+                        help="torch.set_flush_denormal(True) (CPU): denormal floats computed as zero.")
+    parser.add_argument("--child", metavar="VARIANT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    import torch
+
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     if args.child:
-        print("RESULT " + json.dumps(run_one(*args.child, args)))
+        child(args.child, args)
         return
+    variants = ["dense"] + [v for v in args.variants if v != "dense"]
 
-    results: dict[tuple[str, str], list[dict]] = {}
-    passthrough = [f"--{k}={v}" for k, v in vars(args).items() if k in ("batch_size", "seq_len", "warmup", "steps", "device", "dtype", "tmp")]
-    for round_ in range(args.rounds):
-        for shape in args.shapes:
-            for variant in args.variants:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", shape, variant, *passthrough],
-                    capture_output=True, text=True, check=True,
-                ).stdout
-                result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-                results.setdefault((shape, variant), []).append(result)
-                print(f"round {round_ + 1} {shape:9s} {variant:14s} {result['ms']:9.1f} ms/step  peak {result['peak_mib']:8.0f} MiB", flush=True)
+    print(f"# {args.shape}, seq {args.seq_len}, {args.device}, {args.dtype}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {args.steps} measured steps per variant after {args.warmup} warm-up"
+          + ("; denormals flushed" if args.flush_denormal else ""))
+    rows = []
+    for batch_size in args.batch_sizes:
+        runs = {v: Run(v, args) for v in variants}
+        totals = dict.fromkeys(variants, 0.0)
+        order = random.Random(0)
+        for step in range(args.warmup + args.steps):
+            batch = make_batch(args, batch_size, step)
+            # A fresh random order at every step: no variant always runs after the same one.
+            for variant in order.sample(variants, len(variants)):
+                seconds = runs[variant].step(batch)
+                if step >= args.warmup:
+                    totals[variant] += seconds
+            if step >= args.warmup:
+                print(f"batch {batch_size} step {step - args.warmup + 1}/{args.steps}: "
+                      + ", ".join(f"{v} {1000 * totals[v] / (step - args.warmup + 1):.0f} ms" for v in variants), flush=True)
+        del runs
+        memory = {} if args.no_memory else {v: peak_memory(v, batch_size, args) for v in variants}
+        # The baseline is the mean of the dense instances: two identical dense models can differ by several percent
+        # on a shared machine (their ratio is printed as the `dense-2` row), and no single one is the truth.
+        dense_runs = [v for v in variants if v.startswith("dense")]
+        dense_total = sum(totals[v] for v in dense_runs) / len(dense_runs)
+        dense_mem = {v: memory[v] for v in dense_runs if v in memory}
+        for variant in variants:
+            mem = memory.get(variant)
+            mem_ratio = mem / (sum(dense_mem.values()) / len(dense_mem)) if mem is not None and dense_mem else None
+            rows.append((batch_size, variant, 1000 * totals[variant] / args.steps, totals[variant] / dense_total,
+                         mem, mem_ratio))
 
-    print(f"\nbatch {args.batch_size}, seq {args.seq_len}, device {args.device}, {args.dtype}, threads "
-          f"{os.environ.get('OMP_NUM_THREADS', 'default')}; median over rounds of the median step time")
-    print("| shape | variant | ms / step | step ratio to dense | peak MiB | memory ratio to dense |")
-    print("|---|---|---:|---:|---:|---:|")
-    for shape in args.shapes:
-        dense_ms = statistics.median(r["ms"] for r in results[(shape, "dense")]) if "dense" in args.variants else None
-        dense_mem = statistics.median(r["peak_mib"] for r in results[(shape, "dense")]) if dense_ms else None
-        for variant in args.variants:
-            ms = statistics.median(r["ms"] for r in results[(shape, variant)])
-            mem = statistics.median(r["peak_mib"] for r in results[(shape, variant)])
-            ratio = f"{ms / dense_ms:.3f}" if dense_ms else "-"
-            mratio = f"{mem / dense_mem:.3f}" if dense_mem else "-"
-            print(f"| {shape} | {variant} | {ms:.1f} | {ratio} | {mem:.0f} | {mratio} |")
+    print("\n| batch | variant | ms / step | step ratio to dense | peak MiB | memory ratio to dense |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for batch_size, variant, ms, ratio, mem, mem_ratio in rows:
+        mem_cells = f"{mem:.0f} | {mem_ratio:.3f}" if mem is not None else "- | -"
+        print(f"| {batch_size} | {variant} | {ms:.1f} | {ratio:.3f} | {mem_cells} |")
+    print("(ratios are to the mean of the dense instances)")
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def test_magnitude_masks_smallest_weights_and_blocks_their_gradient():
     pruner.set_total_steps(10)
     pruner.step(2)  # half way: 30% zeros
     layer = model.bert.encoder.layer[0].intermediate.dense
-    keep = layer.pdp_group.state["keep"]
+    keep = layer.pdp_group.state["keep"].bool()
     assert int((~keep).sum()) == round(0.5 * round(0.6 * layer.weight.numel()))
     assert layer.weight.abs()[~keep].max() <= layer.weight.abs()[keep].min()
     model(input_ids=torch.randint(1, 60, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels import KERNELS
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup
 from .base import MaskMethod, nm_selected_groups
@@ -33,11 +34,12 @@ def pdp_threshold(weight: torch.Tensor, zeros: int, exact: bool = True) -> torch
     >>> float(pdp_threshold(torch.tensor([0.1, -0.4, 0.2, 0.3]), 2))
     0.25
     """
-    flat = weight.detach().reshape(-1).abs().float()
-    if not 1 <= zeros <= flat.numel():
-        raise ValueError(f"zeros must be in [1, {flat.numel()}], got {zeros}.")
-    select = kth_smallest_pair if exact else sampled_kth_pair
-    largest_pruned, smallest_kept = select(flat, zeros)
+    if not 1 <= zeros <= weight.numel():
+        raise ValueError(f"zeros must be in [1, {weight.numel()}], got {zeros}.")
+    if exact:
+        largest_pruned, smallest_kept = kth_smallest_pair(weight.detach().reshape(-1).abs().float(), zeros)
+    else:  # reads only the sampled entries
+        largest_pruned, smallest_kept = sampled_kth_pair(weight.detach().reshape(-1), zeros, absolute=True)
     if smallest_kept is None:
         return largest_pruned
     return 0.5 * (largest_pruned + smallest_kept)
@@ -49,42 +51,31 @@ def pdp_soft_mask(weight: torch.Tensor, threshold: torch.Tensor, tau: torch.Tens
     return torch.sigmoid((w2 - threshold.float().square()) / tau)
 
 
-def _mask_from_squares_(w2: torch.Tensor, t2: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """sigmoid((w2 - t^2) / tau), computed in place on `w2` (a fresh float32 tensor the caller owns)."""
-    return w2.sub_(t2).div_(tau).sigmoid_()
-
-
 class _PDPMaskedWeight(torch.autograd.Function):
     """w * sigmoid((w^2 - t^2)/tau) with t and tau constants, in float32.
 
     Saves only w for backward and recomputes m there, so training holds no per-weight mask tensors (autograd's
     version would keep w^2, m and more for every targeted matrix). Backward: d(m w)/dw = m (1 + (2 w^2/tau)(1 - m)).
+    Both directions run as one fused kernel where torch.compile works (`pdp_hf.kernels`, PDPConfig.mask_kernel).
     """
 
     @staticmethod
-    def forward(ctx, weight, t2, tau):
+    def forward(ctx, weight, t2, tau, kernel):
         ctx.save_for_backward(weight, t2, tau)
-        w = weight.float()
-        return _mask_from_squares_(w * w, t2, tau).mul_(w).to(weight.dtype)
+        ctx.kernel = kernel
+        return KERNELS.forward(weight, t2, tau, kernel)
 
     @staticmethod
     def backward(ctx, grad_out):
         weight, t2, tau = ctx.saved_tensors
-        w = weight.float()
-        w2 = w * w
-        mask = _mask_from_squares_(w2.clone(), t2, tau)
-        # m (1 + (2 w^2 / tau)(1 - m)), built in place on w2. Where m saturates to exactly 1 the second term is 0
-        # (its limit); computing it there could give inf * 0 = NaN when tau is tiny.
-        boost = w2.mul_(2.0 / tau).mul_(1.0 - mask).masked_fill_(mask == 1.0, 0.0)
-        factor = boost.add_(1.0).mul_(mask)
-        return factor.mul_(grad_out.float()).to(weight.dtype), None, None
+        return KERNELS.backward(weight, grad_out, t2, tau, ctx.kernel), None, None, None
 
 
-def pdp_masked_weight(weight: torch.Tensor, threshold: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+def pdp_masked_weight(weight: torch.Tensor, threshold: torch.Tensor, tau: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
     """m(W) * W with the mask in float32 (autocast off) and the gradient of the paper's formula (t, tau fixed)."""
     with torch.autocast(device_type=weight.device.type, enabled=False):
         t2 = threshold.float().square()
-        return _PDPMaskedWeight.apply(weight, t2, tau.float())
+        return _PDPMaskedWeight.apply(weight, t2, tau.float(), kernel)
 
 
 def relative_tau(threshold: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -98,13 +89,14 @@ class PDPMethod(MaskMethod):
 
     name = "pdp"
 
-    def __init__(self, temperature: float, temperature_mode: str = "relative"):
+    def __init__(self, temperature: float, temperature_mode: str = "relative", mask_kernel: str = "auto"):
         self.temperature = float(temperature)
         self.temperature_mode = temperature_mode
+        self.mask_kernel = mask_kernel
 
     @classmethod
     def from_config(cls, config) -> PDPMethod:
-        return cls(config.temperature, config.temperature_mode)
+        return cls(config.temperature, config.temperature_mode, config.mask_kernel)
 
     @torch.no_grad()
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
@@ -145,7 +137,7 @@ class PDPMethod(MaskMethod):
             # The fused Function: one weight per unit, so the mask needs no norm and no autograd graph of its own.
             state, device = group.state, weight.device
             w = weight.view(group.unit_shape)
-            masked = pdp_masked_weight(w, state["threshold"].to(device), state["tau"].to(device))
+            masked = pdp_masked_weight(w, state["threshold"].to(device), state["tau"].to(device), self.mask_kernel)
             if state.get("selected") is not None:
                 masked = torch.where(state["selected"].to(device), masked, w)
             return masked.view(weight.shape), module.bias

@@ -1,0 +1,225 @@
+"""PDP's training-cost machinery: the fused (compiled) mask kernels equal the eager ones and the formula, the eager
+fallback is taken with a logged reason where compilation fails, and after hardening the pruned weights are zero in
+place (optimizer state too) and stay zero through masked gradients, training exactly as the masked forward did."""
+
+import logging
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, finalize_pruning, get_pruner
+from pdp_hf.injection import Pruner
+from pdp_hf.kernels import KERNELS, mask_gradient, masked_weight_formula, masked_weight_grad_formula
+from pdp_hf.units import multiplier_dtype
+from tests.conftest import text_dataset, tiny_bert, training_args
+
+
+@pytest.fixture
+def fresh_kernels():
+    KERNELS.reset()
+    yield KERNELS
+    KERNELS.reset()
+
+
+def _operands(shape, dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(*shape, generator=g) * 0.1).to(dtype)
+    grad = torch.randn(*shape, generator=g).to(dtype)
+    if len(shape) == 3:  # n:m: one threshold per group of M, shaped (rows, G, 1)
+        t2 = w.float().abs().sort(-1).values[..., 1:2].square()
+    else:
+        t2 = w.float().abs().flatten().kthvalue(w.numel() // 2).values.square()
+    tau = (0.05 * t2).clamp_min(1e-12)
+    return w, grad, t2, tau
+
+
+@pytest.mark.parametrize("shape", [(48, 32), (6, 4, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_eager_and_formula_agree(shape, dtype):
+    w, grad, t2, tau = _operands(shape, dtype)
+    forward = {mode: KERNELS.forward(w, t2, tau, mode) for mode in ("eager", "compiled")}
+    backward = {mode: KERNELS.backward(w, grad, t2, tau, mode) for mode in ("eager", "compiled")}
+    tol = dict(rtol=0, atol=0) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)  # fp32 CPU: bit-identical
+    for values, reference in ((forward, masked_weight_formula(w, t2, tau)),
+                              (backward, masked_weight_grad_formula(w, grad, t2, tau))):
+        for mode, value in values.items():
+            assert value.dtype == dtype, mode
+            torch.testing.assert_close(value, reference, **tol)
+    # The backward formula is the derivative of the forward one (autograd through the plain formula).
+    wf = w.float().requires_grad_()
+    (masked_weight_formula(wf, t2, tau) * grad.float()).sum().backward()
+    derivative_tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else tol  # bf16: rounded output
+    torch.testing.assert_close(backward["compiled"].float(), wf.grad, **derivative_tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_magnitude_keep_kernel_agrees(dtype):
+    w, _, _, _ = _operands((48, 32), dtype)
+    cut = w.float().abs().flatten().kthvalue(700).values
+    expected = w.float().abs() > cut
+    for mode in ("eager", "compiled"):
+        keep = KERNELS.keep_above(w, cut, multiplier_dtype(dtype), mode)
+        assert keep.dtype == multiplier_dtype(dtype) and torch.equal(keep.bool(), expected), mode
+        assert int((keep == 0).sum()) == 700
+
+
+def test_saturated_mask_gives_no_nan(fresh_kernels):
+    w = torch.tensor([[1.0, 1e-3, 0.0, -2.0]])
+    t2, tau = torch.tensor(1e-4), torch.tensor(1e-30)  # m is exactly 0 or 1 everywhere
+    for mode in ("eager", "compiled"):
+        grad = KERNELS.backward(w, torch.ones_like(w), t2, tau, mode)
+        assert torch.equal(grad, torch.tensor([[1.0, 0.0, 0.0, 1.0]])), mode
+
+
+@pytest.mark.parametrize("where", ["compile", "call"])
+def test_fallback_to_eager_is_logged_once(fresh_kernels, monkeypatch, caplog, where):
+    def broken_compile(fn, **kwargs):
+        if where == "compile":
+            raise RuntimeError("no C++ compiler found\nmore details")
+
+        def run(*args):
+            raise OSError("inductor failed to build the kernel")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    w, grad, t2, tau = _operands((8, 8))
+    with caplog.at_level(logging.WARNING, logger="pdp_hf.kernels"):
+        out = KERNELS.forward(w, t2, tau, "auto")
+        KERNELS.backward(w, grad, t2, tau, "auto")
+    assert torch.equal(out, KERNELS.forward(w, t2, tau, "eager"))
+    warnings = [r.getMessage() for r in caplog.records if "could not be compiled" in r.getMessage()]
+    assert len(warnings) == 1 and ("no C++ compiler found" if where == "compile" else "inductor failed") in warnings[0]
+    assert "mask_kernel='eager'" in warnings[0] and KERNELS.failure is not None
+    KERNELS.reset()
+    with pytest.raises((RuntimeError, OSError)):
+        KERNELS.forward(w, t2, tau, "compiled")  # asked for explicitly: no silent fallback
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_model_training_compiled_equals_eager(autocast):
+    """A whole tiny BERT in the ramp: logits and every gradient agree between the two kernels (fp32, and bf16
+    autocast on CPU)."""
+    batch = {"input_ids": torch.tensor(text_dataset(8)["input_ids"]), "labels": torch.tensor(text_dataset(8)["labels"])}
+    results = {}
+    for kernel in ("eager", "compiled"):
+        model = apply_pruning(tiny_bert(seed=1), PDPConfig(target_sparsity=0.7, pruning_start=0, pruning_end=4,
+                                                           mask_kernel=kernel))
+        pruner = get_pruner(model)
+        pruner.set_total_steps(8)
+        pruner.step(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(**batch)
+        out.loss.backward()
+        results[kernel] = (out.logits.float(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    tol = dict(rtol=1e-5, atol=1e-6) if not autocast else dict(rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(results["compiled"][0], results["eager"][0], **tol)
+    for name, grad in results["eager"][1].items():
+        torch.testing.assert_close(results["compiled"][1][name], grad, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_mask_gradient_is_free_in_forward_and_masks_backward():
+    w = torch.randn(4, 3, requires_grad=True)
+    keep = torch.tensor([[0.0], [1.0], [0.0], [1.0]], dtype=torch.bfloat16)  # broadcast, as for neurons
+    out = mask_gradient(w, keep)
+    assert out.data_ptr() == w.data_ptr()  # no copy of the weight
+    (out * 2).sum().backward()
+    assert torch.equal(w.grad, torch.tensor([[0.0] * 3, [2.0] * 3, [0.0] * 3, [2.0] * 3]))
+    with torch.no_grad():
+        assert mask_gradient(w, keep) is w
+
+
+class _Watch(TrainerCallback):
+    """After hardening, at every optimizer step: pruned weights (and bias entries) are exactly zero, so are the
+    optimizer's moments for them, and the forward uses the weight tensor itself (no masked copy)."""
+
+    def __init__(self, model):
+        self.model, self.checked = model, 0
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        pruner = get_pruner(self.model)
+        if pruner is None or not pruner.hardened:
+            return
+        opt_state = optimizer.state
+        for group in pruner.groups:
+            assert group.keeps_zeros
+            for member in group.members:
+                module = member.module
+                weight_pruned, bias_pruned = group.pruned_entries(member)
+                assert not module.weight[weight_pruned.expand_as(module.weight)].any(), member.name
+                for key in ("exp_avg", "exp_avg_sq"):
+                    moment = opt_state[module.weight][key]
+                    assert not moment[weight_pruned.expand_as(moment)].any(), (member.name, key)
+                if bias_pruned is not None:
+                    assert not module.bias[bias_pruned].any(), member.name
+                    assert not opt_state[module.bias]["exp_avg"][bias_pruned].any(), member.name
+                weight, _ = module.pruned_weight_and_bias()
+                assert weight.data_ptr() == module.weight.data_ptr()
+        self.checked += 1
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "attention=head,ffn=neuron", "block"])
+def test_hardened_zeros_stay_zero_and_train_as_the_masked_forward(granularity, monkeypatch, tmp_path):
+    config = PDPConfig(target_sparsity=0.5, granularity=granularity, block_size=8, pruning_start=2, pruning_end=6,
+                       harden_at=8)
+    args = dict(max_steps=16, weight_decay=0.1, max_grad_norm=0.5, save_strategy="steps", save_steps=12)
+    finals = {}
+    for mode in ("masked forward", "zeros kept"):
+        if mode == "masked forward":  # the pre-0.3 path: the trainer hands no optimizer to the pruner
+            monkeypatch.setattr(Pruner, "set_optimizer", lambda self, optimizer: None)
+        else:
+            monkeypatch.undo()
+        model = tiny_bert(seed=2)
+        watch = _Watch(model)
+        out = tmp_path / mode.replace(" ", "_")
+        trainer = PrunerTrainer(model=model, args=training_args(out, **args), train_dataset=text_dataset(),
+                                pdp_config=config, callbacks=[watch] if mode == "zeros kept" else [])
+        targets = [name + ".weight" for name in trainer.pruner.modules]
+        trainer.train()
+        finals[mode] = {k: v.clone() for k, v in model.state_dict().items()}
+        if mode == "zeros kept":
+            assert watch.checked == 8  # steps 8..15
+            # The checkpoint taken after hardening already is the sparse model: its zeros are the final ones.
+            saved = load_file(os.path.join(out, "checkpoint-12", "model.safetensors"))
+            for name in targets:
+                assert torch.equal(saved[name] == 0, finals[mode][name] == 0), name
+    for name, value in finals["zeros kept"].items():
+        assert torch.equal(value, finals["masked forward"][name]), name
+
+
+def test_custom_loop_with_sgd_momentum_keeps_zeros():
+    """Without the Trainer: `set_optimizer` with SGD (momentum, weight decay) zeroes the momentum buffers at
+    hardening; without it the hardened mask is multiplied in (correct for any optimizer)."""
+    batch = {"input_ids": torch.tensor(text_dataset(8)["input_ids"]), "labels": torch.tensor(text_dataset(8)["labels"])}
+    model = apply_pruning(tiny_bert(seed=3), PDPConfig(target_sparsity=0.6, pruning_start=0, pruning_end=2, harden_at=3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    pruner = get_pruner(model)
+    pruner.set_total_steps(8)
+    pruner.set_optimizer(optimizer)
+    for step in range(8):
+        pruner.step(step)
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    layer = model.bert.encoder.layer[0].output.dense
+    zeros = int((layer.weight == 0).sum())
+    assert zeros == round(0.6 * layer.weight.numel())
+    assert int((optimizer.state[layer.weight]["momentum_buffer"] == 0).sum()) >= zeros
+    finalize_pruning(model)
+    assert int((layer.weight == 0).sum()) == zeros
+
+
+def test_many_kinds_of_calls_do_not_hit_the_recompile_limit(fresh_kernels, monkeypatch):
+    """One process meets many kinds of calls (fp32 and bf16 models, matrices and N:M groups): each kind gets its own
+    compiled copy, so dynamo's per-code-object limit on compiled variants is never reached (here lowered to 2)."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in ((8, 8), (2, 4, 4), (64,)):
+            w, _, t2, tau = _operands(shape, dtype) if len(shape) > 1 else (torch.randn(64).to(dtype), None,
+                                                                            torch.tensor(0.5), torch.tensor(0.1))
+            torch.testing.assert_close(KERNELS.forward(w, t2, tau, "compiled"), KERNELS.forward(w, t2, tau, "eager"))
