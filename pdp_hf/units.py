@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .kernels import mask_gradient
 from .targets import role_of
 
 ROLE_GROUPS = {"attention": ("query", "key", "value", "attn_out"), "ffn": ("ffn_in", "ffn_out")}
@@ -210,8 +211,6 @@ class UnitGroup:
     def zeros_kept(self, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of a `keeps_zeros` group: the weights as they are (their pruned entries are zero), with
         the gradient of the pruned entries masked."""
-        from .kernels import mask_gradient
-
         weight_keep, bias_keep = self.keep_factors(member, module.weight.device)
         bias = module.bias
         if bias_keep is not None and bias is not None:
