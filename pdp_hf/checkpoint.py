@@ -79,4 +79,4 @@ def load_state(pruner, directory: str) -> None:
                 group.zeros = pruner.budgets[group.name]
             else:
                 group.hard_mask, group.zeros = None, 0
-            group.keeps_zeros, group._pruned = False, None  # Pruner.set_optimizer (train begin) sets it again
+            group.keeps_zeros, group._keep_factors = False, None  # Pruner.set_optimizer (train begin) sets it again

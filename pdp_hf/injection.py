@@ -342,16 +342,12 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
     if not pruner.hardened:
         pruner.harden()
     for group in pruner.groups:
-        group.to_device(group.weight.device)
+        group.zero_pruned_()  # +0.0, not the -0.0 a multiply gives
         for member in group.members:
-            weight_mask, bias_mask = group.expand(group.hard_mask, member)
             module = member.module
-            module.weight.masked_fill_(~weight_mask, 0.0)  # +0.0, not the -0.0 a multiply gives
-            if bias_mask is not None and module.bias is not None:
-                module.bias.masked_fill_(~bias_mask, 0.0)
             for attr in _MODULE_ATTRS:
                 module.__dict__.pop(attr, None)
             module.__class__ = nn.Linear
-        group.hard_mask, group.keeps_zeros, group._pruned = None, False, None
+        group.hard_mask, group.keeps_zeros, group._keep_factors = None, False, None
     delattr(model, PRUNER_ATTR)
     return model

@@ -66,11 +66,11 @@ class UnitGroup:
     keeps_zeros: bool = False
     state: dict = field(default_factory=dict)
     _forward_cache: tuple | None = field(default=None, repr=False, compare=False)
-    _pruned: dict | None = field(default=None, repr=False, compare=False)
+    _keep_factors: dict | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
         # deepcopy / pickle: a value shared within one forward pass (with its autograd graph) is never copied
-        return {**self.__dict__, "_forward_cache": None, "_pruned": None}
+        return {**self.__dict__, "_forward_cache": None, "_keep_factors": None}
 
     def once_per_forward(self, compute) -> torch.Tensor:
         """`compute()` once for the consecutive forward calls of the group's members (a neuron mask is used by
@@ -188,16 +188,16 @@ class UnitGroup:
     def keep_factors(self, member: Member, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`hard_mask` of `member` as 0/1 multipliers (weight, bias or None), built once per device: multiplying by
         a floating mask is several times faster on CPU than by a bool one (see `multiplier`)."""
-        if self._pruned is None:
-            self._pruned = {}
-        if device not in self._pruned:
+        if self._keep_factors is None:
+            self._keep_factors = {}
+        if device not in self._keep_factors:
             factors = {}
             for m in self.members:
                 weight_mask, bias_mask = self.expand(self.hard_mask.to(device), m)
                 dtype = m.module.weight.dtype
                 factors[m.name] = (multiplier(weight_mask, dtype), None if bias_mask is None else multiplier(bias_mask, dtype))
-            self._pruned[device] = factors
-        return self._pruned[device][member.name]
+            self._keep_factors[device] = factors
+        return self._keep_factors[device][member.name]
 
     @torch.no_grad()
     def zero_pruned_(self) -> None:
@@ -221,7 +221,7 @@ class UnitGroup:
         """Move the hard mask and the method state to `device` (dtypes unchanged: thresholds stay float32)."""
         if self.hard_mask is not None and self.hard_mask.device != device:
             self.hard_mask = self.hard_mask.to(device)
-            self._pruned = None
+            self._keep_factors = None
         for key, value in self.state.items():
             if isinstance(value, torch.Tensor) and value.device != device:
                 self.state[key] = value.to(device)
