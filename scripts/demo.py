@@ -74,6 +74,10 @@ class DemoArguments:
         default=False,
         metadata={"help": "Train in a non-empty output_dir without checkpoints (else: resume, or refuse)."},
     )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Dense fine-tuned SST-2 model to distil from (e.g. a dense demo run's export); None: no KD."},
+    )
 
 
 def parse_args(argv: list[str]) -> tuple[DemoArguments, TrainingArguments, PDPConfig]:
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Model: the pretrained MiniLM encoder with a fresh 2-way classification head.
     model = AutoModelForSequenceClassification.from_pretrained(demo.model_name_or_path, num_labels=2)
+    teacher = None
+    if demo.teacher_model_name_or_path:  # loss: distill_alpha (0.95, the PDP paper's BERT recipe) * KD + 0.05 * task
+        teacher = AutoModelForSequenceClassification.from_pretrained(demo.teacher_model_name_or_path, num_labels=2)
     trainer = PrunerTrainer(
         model=model,
         args=training_args,
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())},
         pdp_config=pdp_config,
+        teacher_model=teacher,
     )
     # Ends with the masks hardened and the zeros baked in.
     train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, last_checkpoint))

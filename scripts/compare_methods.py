@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Dense, magnitude, movement, PDP and SMART on the same model, data, seeds, steps and budgets: which method is worth what.
+
+    python scripts/compare_methods.py                    # run what is missing (in priority order), then the table
+    python scripts/compare_methods.py --table_only       # rebuild the table and plot from the finished runs
+    python scripts/compare_methods.py --settings 90u     # only some settings (see SETTINGS)
+    python scripts/compare_methods.py --list             # every run, finished or not, with its command
+
+Every run is `scripts/demo.py` (all-MiniLM-L6-v2 on SST-2, 600 steps, batch 32, the demo's schedule points) with
+only the method, its own settings, the budget, the distribution and the seed changed. Each run writes
+`<out>/<name>.json` the moment it finishes (accuracy, sparsity, minutes, the exact argv, the code's git commit), and
+finished runs are skipped, so an interrupted grid resumes where it stopped; the table `<out>.md` and the plot
+`<out>.png` are rebuilt from whatever exists after every run. A method the installed pdp_hf does not have is left
+"not run yet" rather than failing the grid.
+
+Methods keep their papers' schedule shape (magnitude and movement: cubic; PDP and SMART: linear ramp); everything
+else is shared. Runs go seed by seed through a setting (every method at seed 42 first), so a partial grid compares
+all methods on the same seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SEEDS = (42, 43, 44)
+
+# method -> demo flags of the method itself (its own knobs at their chosen values, see README "Comparing methods")
+METHOD_ARGS = {
+    "dense": ["--target_sparsity", "0"],
+    "magnitude": ["--method", "magnitude", "--sparsity_schedule", "cubic"],
+    "movement": ["--method", "movement", "--sparsity_schedule", "cubic"],
+    "pdp": ["--method", "pdp"],
+    "smart": ["--method", "smart"],
+}
+# setting -> (label, sparsity for the plot, demo flags, methods); in the order the grid runs them
+SETTINGS = {
+    "90u": ("90% unstructured, uniform", 0.9, ["--target_sparsity", "0.9", "--sparsity_distribution", "uniform"],
+            ("dense", "magnitude", "movement", "pdp", "smart")),
+    "90g": ("90% unstructured, global", 0.9, ["--target_sparsity", "0.9", "--sparsity_distribution", "global"],
+            ("magnitude", "movement", "pdp", "smart")),
+    "80u": ("80% unstructured, uniform", 0.8, ["--target_sparsity", "0.8", "--sparsity_distribution", "uniform"],
+            ("magnitude", "movement", "pdp", "smart")),
+    "80g": ("80% unstructured, global", 0.8, ["--target_sparsity", "0.8", "--sparsity_distribution", "global"],
+            ("magnitude", "movement", "pdp", "smart")),
+    "n50u": ("50% FFN neurons, uniform", 0.5, ["--granularity", "neuron", "--target_sparsity", "0.5",
+                                               "--sparsity_distribution", "uniform"],
+             ("magnitude", "movement", "pdp", "smart")),
+    "90ukd": ("90% unstructured, uniform, KD", 0.9, ["--target_sparsity", "0.9", "--sparsity_distribution", "uniform",
+                                                     "--teacher_model_name_or_path", "outputs/compare/dense_s42/export"],
+              ("magnitude", "pdp")),
+}
+
+
+def runs(settings: list[str], seeds=SEEDS) -> dict[str, tuple[str, str, int, list[str]]]:
+    """name -> (setting, method, seed, demo argv), in the order they run. Dense is trained once per seed."""
+    table = {}
+    for setting in settings:
+        _, _, flags, methods = SETTINGS[setting]
+        for seed in seeds:
+            for method in methods:
+                name = f"dense_s{seed}" if method == "dense" else f"{method}_{setting}_s{seed}"
+                argv = ["--output_dir", f"outputs/compare/{name}", "--seed", str(seed)] + METHOD_ARGS[method]
+                table[name] = (setting, method, seed, argv if method == "dense" else argv + flags)
+    return table
+
+
+def available_methods() -> set[str]:
+    """Methods of the pdp_hf that the runs will import (a fresh process, so code changed since start counts)."""
+    code = "from pdp_hf.methods import METHODS; print(' '.join(METHODS))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+    return set(out.stdout.split()) | {"dense"}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+        dirty = subprocess.run(["git", "status", "--porcelain", "pdp_hf", "scripts"], capture_output=True, text=True, cwd=ROOT)
+        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def run_one(name: str, argv: list[str], out: str) -> bool:
+    """Train one run in a child process; True when its result file was written."""
+    tmp = os.path.join(out, name + ".json.tmp")
+    record = {"argv": argv, "commit": git_commit()}
+    code = (
+        f"import json, sys; sys.path.insert(0, {HERE!r}); import demo; r = demo.main({argv!r}); "
+        f"json.dump({{**r, **{record!r}}}, open({tmp!r}, 'w'), indent=2)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    if done:
+        os.replace(tmp, os.path.join(out, name + ".json"))
+    else:
+        print(f"compare: {name} failed (see its log above); continuing", flush=True)
+    return done
+
+
+def load_results(out: str, table: dict) -> dict[str, dict]:
+    results = {}
+    for name in table:
+        path = os.path.join(out, name + ".json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                results[name] = json.load(f)
+    return results
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
+    return mean, std
+
+
+def command_of(argv: list[str]) -> str:
+    return "python scripts/demo.py " + " ".join(a if " " not in a and "," not in a else repr(a) for a in argv)
+
+
+def summary(out: str, settings: list[str]) -> dict[tuple[str, str], dict]:
+    """(setting, method) -> {"accs": [...], "seeds": [...], "sparsity": s, "minutes": m, "argv": one run's argv}."""
+    table = runs(settings)
+    results = load_results(out, table)
+    cells: dict[tuple[str, str], dict] = {}
+    for name, (setting, method, seed, argv) in table.items():
+        cell = cells.setdefault((setting, method), {"accs": [], "seeds": [], "minutes": [], "argv": argv})
+        if name in results:
+            r = results[name]
+            cell["accs"].append(100 * r["accuracy"])
+            cell["seeds"].append(seed)
+            cell["minutes"].append(r["minutes"])
+            cell["sparsity"] = r["sparsity"]
+    return cells
+
+
+def markdown(out: str, settings: list[str]) -> str:
+    cells = summary(out, settings)
+    lines = [
+        "SST-2 dev accuracy (872 sentences) of all-MiniLM-L6-v2 after `scripts/demo.py` (600 steps) with each method;",
+        "mean ± sample standard deviation over the seeds that finished. Sparsity: zeros in the targeted encoder",
+        "Linear weights. Built by `python scripts/compare_methods.py`; the command of each cell's first seed is shown",
+        "(add `--seed S` and `--output_dir` for the others).",
+        "",
+        "| setting | method | seeds | SST-2 accuracy | per seed | sparsity | minutes/run | command |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    for (setting, method), cell in cells.items():
+        label = SETTINGS[setting][0] if method != "dense" else "dense (0%)"
+        accs = cell["accs"]
+        if not accs:
+            lines.append(f"| {label} | {method} | 0 | not run yet | | | | |")
+            continue
+        mean, std = mean_std(accs)
+        spread = f" ± {std:.2f}" if len(accs) > 1 else ""
+        per_seed = ", ".join(f"{a:.2f}" for a in accs)
+        argv = [a for a in cell["argv"] if a not in ("--seed",)]
+        argv = [a for i, a in enumerate(argv) if not (i and argv[i - 1] == "--output_dir") and a != "--output_dir"]
+        lines.append(
+            f"| {label} | {method} | {len(accs)} | {mean:.2f}{spread} | {per_seed} | {cell['sparsity']:.4f} | "
+            f"{sum(cell['minutes']) / len(accs):.1f} | `{command_of(argv)}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(out: str, settings: list[str], path: str) -> None:
+    """Accuracy vs sparsity, one line per method and distribution (unstructured settings), dense as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = summary(out, settings)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    dense = cells.get(("90u", "dense"), {}).get("accs", [])
+    if dense:
+        mean, std = mean_std(dense)
+        ax.axhline(mean, color="black", lw=1, label=f"dense ({mean:.2f})")
+        if len(dense) > 1:
+            ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
+    colors = {"magnitude": "tab:gray", "movement": "tab:orange", "pdp": "tab:blue", "smart": "tab:green"}
+    for distribution, style in (("uniform", "-"), ("global", "--")):
+        for method, color in colors.items():
+            points = []
+            for setting in settings:
+                label, sparsity, flags, _ = SETTINGS[setting]
+                if "unstructured" not in label or distribution not in label or "KD" in label:
+                    continue
+                accs = cells.get((setting, method), {}).get("accs", [])
+                if accs:
+                    mean, std = mean_std(accs)
+                    points.append((100 * sparsity, mean, 0.0 if math.isnan(std) else std))
+            if points:
+                points.sort()
+                xs, ys, es = zip(*points)
+                ax.errorbar(xs, ys, yerr=es, fmt=style + "o", color=color, capsize=3, label=f"{method}, {distribution}")
+    ax.set_xlabel("sparsity of the targeted encoder weights (%)")
+    ax.set_ylabel("SST-2 dev accuracy (%)")
+    ax.set_title("all-MiniLM-L6-v2 on SST-2, 600 steps (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(out: str, settings: list[str]) -> str:
+    text = markdown(out, settings)
+    with open(out + ".md", "w", encoding="utf-8") as f:
+        f.write(text)
+    plot(out, settings, out + ".png")
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "compare_minilm_sst2"))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--table_only", action="store_true", help="Only rebuild the table and plot.")
+    parser.add_argument("--list", action="store_true", help="Print every run and its command, then stop.")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    table = runs(args.settings)
+    if args.list:
+        done = load_results(args.out, table)
+        for name, (_, _, _, demo_argv) in table.items():
+            print(f"{'done' if name in done else 'todo'}  {name}: {command_of(demo_argv)}")
+        return
+    if not args.table_only:
+        failed: set[str] = set()
+        while True:
+            # Re-read what exists and what the code offers before every run: results written by another process,
+            # and methods added since the grid started, are picked up.
+            methods, done = available_methods(), load_results(args.out, table)
+            todo = [n for n, (_, m, _, _) in table.items() if n not in done and n not in failed and m in methods]
+            if not todo:
+                break
+            name = todo[0]
+            print(f"compare: running {name} ({len(todo)} runnable left) at {time.strftime('%H:%M:%S')}", flush=True)
+            if not run_one(name, table[name][3], args.out):
+                failed.add(name)
+            write_outputs(args.out, args.settings)
+    print(write_outputs(args.out, args.settings))
+
+
+if __name__ == "__main__":
+    main()
