@@ -1,8 +1,10 @@
 """Pruning state in Trainer checkpoints: `pruning_state.safetensors` (budgets, hardened masks) and the config.
 
-Checkpoints keep the dense weights under their usual state_dict keys; this file holds what else a resumed run
-needs to continue exactly: the per-group budgets fixed at pruning start and, once hardened, each group's
-unit-level keep-mask (for `unstructured` a weight-shaped mask named after its module, as in pdp_hf 0.1).
+Checkpoints keep the dense weights under their usual state_dict keys (and learnable scores, for the methods that
+have them, under `pdp_scores.*`); this file holds what else a resumed run needs to continue exactly: the per-group
+budgets fixed at pruning start, the method's own tensors (`method.<group>.<name>`, e.g. SMART's lambda) and, once
+hardened, each group's unit-level keep-mask (for `unstructured` a weight-shaped mask named after its module, as in
+pdp_hf 0.1).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ def save_state(pruner, directory: str) -> None:
     tensors = {}
     if pruner.hardened:
         tensors = {f"mask.{g.name}": g.hard_mask.contiguous().cpu() for g in pruner.groups}
+    else:  # what the method needs for an exact resume (SMART: each group's lambda, its warm start)
+        for g in pruner.groups:
+            for key, value in pruner.method.state_tensors(g).items():
+                tensors[f"method.{g.name}.{key}"] = value.detach().contiguous().cpu()
     metadata = {
         "pdp_hf_version": __version__,
         "budgets": json.dumps(pruner.budgets),
@@ -79,4 +85,7 @@ def load_state(pruner, directory: str) -> None:
                 group.zeros = pruner.budgets[group.name]
             else:
                 group.hard_mask, group.zeros = None, 0
+                prefix = f"method.{group.name}."
+                saved = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+                pruner.method.load_state_tensors(group, saved)
             group.keeps_zeros, group._keep_factors = False, None  # Pruner.set_optimizer (train begin) sets it again

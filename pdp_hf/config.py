@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
 
 PRUNING_CONFIG_NAME = "pruning_config.json"
 VERSION_KEY = "pdp_hf_version"
@@ -58,8 +61,10 @@ class PDPConfig:
     method: str = field(
         default="pdp",
         metadata={
-            "help": "Mask method: 'pdp' (Parameter-free Differentiable Pruning) or 'magnitude' (gradual magnitude "
-            "pruning, Zhu & Gupta 2017; use sparsity_schedule='cubic' for their schedule)."
+            "help": "Mask method: 'pdp' (Parameter-free Differentiable Pruning), 'smart' (SMART: learnable scores "
+            "through a differentiable top-k with a decaying temperature), 'movement' (movement pruning, Sanh et al. "
+            "2020; use sparsity_schedule='cubic' for their schedule) or 'magnitude' (gradual magnitude pruning, "
+            "Zhu & Gupta 2017; use sparsity_schedule='cubic' for their schedule)."
         },
     )
     granularity: str = field(
@@ -90,13 +95,31 @@ class PDPConfig:
     temperature: float = field(
         default=0.05,
         metadata={
-            "help": "PDP softmax temperature tau. With temperature_mode='relative' it is a multiple of each layer's "
+            "help": "(method 'pdp') PDP softmax temperature tau. With temperature_mode='relative' it is a multiple of each layer's "
             "squared threshold t^2 (scale-free); with 'absolute' it is in units of w^2 as in the paper."
         },
     )
     temperature_mode: str = field(
         default="relative",
-        metadata={"help": "'relative' (tau_l = temperature * t_l^2, per layer and step) or 'absolute'."},
+        metadata={"help": "(method 'pdp') 'relative' (tau_l = temperature * t_l^2, per layer and step) or 'absolute'."},
+    )
+    score_learning_rate: float = field(
+        default=0.01,
+        metadata={
+            "help": "(methods 'smart', 'movement') Learning rate of the learnable unit scores, trained by the "
+            "Trainer's optimizer in their own parameter group without weight decay (the LR schedule applies)."
+        },
+    )
+    smart_temperature_start: float = field(
+        default=1.0,
+        metadata={
+            "help": "(method 'smart') Temperature of the soft top-k at pruning_start, in units of each group's mean "
+            "initial score (the mean unit norm); it decays geometrically to smart_temperature_end at pruning_end."
+        },
+    )
+    smart_temperature_end: float = field(
+        default=0.01,
+        metadata={"help": "(method 'smart') Temperature from pruning_end on (nearly hard masks before hardening)."},
     )
     pruning_start: float = field(
         default=0.1,
@@ -150,11 +173,8 @@ class PDPConfig:
         self._resolve_target_sparsity()
         self._check_choice("sparsity_distribution", self.sparsity_distribution, SPARSITY_DISTRIBUTIONS)
         self._check_choice("sparsity_schedule", self.sparsity_schedule, SPARSITY_SCHEDULES)
-        self._check_choice("temperature_mode", self.temperature_mode, TEMPERATURE_MODES)
         self._check_choice("mask_kernel", self.mask_kernel, MASK_KERNELS)
-        self._check_number("temperature", self.temperature)
-        if not self.temperature > 0:
-            raise _invalid("temperature", self.temperature, "it must be a finite number > 0")
+        self._check_method_settings()
         self._check_targets()
         if isinstance(self.threshold_refresh_steps, bool) or not isinstance(self.threshold_refresh_steps, int) or self.threshold_refresh_steps < 1:
             raise _invalid("threshold_refresh_steps", self.threshold_refresh_steps, "it must be a whole number >= 1")
@@ -162,6 +182,28 @@ class PDPConfig:
             self._check_schedule_point(name, getattr(self, name))
         self._check_order("pruning_start", "pruning_end")
         self._check_order("pruning_end", "harden_at")
+
+    # -- method settings ----------------------------------------------------------------------------------------
+    def _check_method_settings(self) -> None:
+        """The chosen method validates its own fields (`MaskMethod.config_fields`); fields only other methods read
+        are not validated, and a value changed from its default there is logged as unused."""
+        from .methods import METHODS, get_method
+
+        method = get_method(self.method)
+        method.check_config(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for other in METHODS.values():
+            for name in other.config_fields:
+                if name not in method.config_fields and getattr(self, name) != defaults[name]:
+                    owners = sorted(m.name for m in METHODS.values() if name in m.config_fields)
+                    logger.warning("pdp_hf: PDPConfig.%s=%r is a setting of method %s; method=%r does not use it.",
+                                   name, getattr(self, name), " / ".join(map(repr, owners)), self.method)
+
+    def method_settings(self) -> dict[str, Any]:
+        """The fields the chosen method reads beyond the shared ones, e.g. {'temperature': 0.05, ...} for 'pdp'."""
+        from .methods import get_method
+
+        return {name: getattr(self, name) for name in get_method(self.method).config_fields}
 
     # -- granularity --------------------------------------------------------------------------------------------
     def granularities(self) -> dict[str, str]:

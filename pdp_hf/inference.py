@@ -11,7 +11,8 @@ outputs equal the zero-weight model's and that does less work:
 - `"semi-structured"`: 2:4-sparse weights become `torch.sparse.to_sparse_semi_structured` tensors (CUDA, compute
   capability >= 8.0, fp16/bf16).
 - `"auto"`: slice whatever structure is removable, then on CPU `csr` for the layers where the measurement says it
-  wins, on a capable GPU `semi-structured` for 2:4 layers; nothing that loses.
+  wins, on a capable GPU `semi-structured` for the 2:4 layers whose shapes measured faster there; nothing that
+  loses. (On an H200 with torch 2.11, 2:4 lost to dense at every BERT shape measured, so `auto` keeps them dense.)
 """
 
 from __future__ import annotations
@@ -253,20 +254,57 @@ def _is_two_four(weight: torch.Tensor) -> bool:
     return bool(((weight != 0).view(weight.shape[0], -1, 4).sum(-1) <= 2).all())
 
 
+SEMI_STRUCTURED_TOKENS = (128, 4096)  # tokens per call measured by the 2:4 calibration: one sequence, a batch
+
+
+def _time_cuda(fn, repeats: int = 10) -> float:
+    fn()
+    torch.cuda.synchronize()
+    return _time(lambda: (fn(), torch.cuda.synchronize()), repeats)
+
+
 @torch.no_grad()
-def apply_semi_structured(model: nn.Module) -> list[str]:
-    """Targeted Linear weights that are 2:4 sparse become `to_sparse_semi_structured` tensors (CUDA, fp16/bf16)."""
+def semi_structured_wins(weight: torch.Tensor, tokens: tuple[int, ...] = SEMI_STRUCTURED_TOKENS) -> bool:
+    """Measured here and now: whether the 2:4 product of `weight` (CUDA, fp16/bf16) beats the dense one, by the
+    margin `_CALIBRATION_MARGIN`, at every token count in `tokens`. On an H200 with torch 2.11's cuSPARSELt path it
+    lost about 30x per call at BERT-base shapes (benchmarks/inference_gpu.txt), so `auto` must ask."""
+    from torch.sparse import to_sparse_semi_structured
+
+    sparse = to_sparse_semi_structured(weight)
+    for count in tokens:
+        x = torch.randn(count, weight.shape[1], dtype=weight.dtype, device=weight.device)
+        dense_time = _time_cuda(lambda x=x: nn.functional.linear(x, weight))
+        sparse_time = _time_cuda(lambda x=x: nn.functional.linear(x, sparse))
+        if sparse_time > _CALIBRATION_MARGIN * dense_time:
+            return False
+    return True
+
+
+@torch.no_grad()
+def apply_semi_structured(model: nn.Module, calibrate: bool = False) -> list[str]:
+    """Targeted Linear weights that are 2:4 sparse become `to_sparse_semi_structured` tensors (CUDA, fp16/bf16).
+
+    With `calibrate=True` (what `auto` does) only weight shapes whose 2:4 product measured faster than the dense
+    one here are converted."""
     from torch.sparse import to_sparse_semi_structured
 
     _check_semi_structured_device(model)
-    converted = []
+    converted, decided = [], {}
     for name in _csr_candidates(model):
         linear = model.get_submodule(name)
         if linear.weight.dtype not in (torch.float16, torch.bfloat16):
             raise RuntimeError(f"2:4 acceleration needs fp16/bf16 weights; {name} is {linear.weight.dtype}. Call model.half() or .to(torch.bfloat16).")
-        if _is_two_four(linear.weight):
-            linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight), requires_grad=False)
-            converted.append(name)
+        if not _is_two_four(linear.weight):
+            continue
+        if calibrate:
+            key = tuple(linear.weight.shape)
+            if key not in decided:
+                decided[key] = semi_structured_wins(linear.weight.detach())
+                logger.info("pdp_hf: 2:4 kernels for %s %s the dense product here.", key, "beat" if decided[key] else "lose to")
+            if not decided[key]:
+                continue
+        linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight), requires_grad=False)
+        converted.append(name)
     return converted
 
 
@@ -277,6 +315,7 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", *, calibrate
         model: a finalized model (after `PrunerTrainer.train()`, `finalize_pruning`, or loaded from an export).
         backend: `"slice"`, `"csr"`, `"semi-structured"` or `"auto"` (see the module docstring).
         calibrate: `csr`/`auto` measure where CSR wins on this machine (a few seconds); False uses a fixed rule.
+            `auto` on a GPU measures whether 2:4 kernels win; False converts every 2:4 layer.
 
     Returns the model (in eval mode). `model.pdp_inference` records what was done.
 
@@ -307,7 +346,7 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", *, calibrate
         done["semi-structured"] = apply_semi_structured(model)
     elif backend == "auto" and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
         if next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
-            done["semi-structured"] = apply_semi_structured(model)
+            done["semi-structured"] = apply_semi_structured(model, calibrate=calibrate)
     model.pdp_inference = done
     return model
 

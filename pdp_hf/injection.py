@@ -29,6 +29,7 @@ from .units import Member, UnitGroup, build_unit_groups
 logger = logging.getLogger(__name__)
 
 PRUNER_ATTR = "_pdp_pruner"
+SCORES_ATTR = "pdp_scores"
 __all__ = ["PrunedLinear", "Pruner", "apply_pruning", "finalize_pruning", "get_pruner", "global_budgets", "STATE_NAME"]
 _MODULE_ATTRS = ("pdp_method", "pdp_group", "pdp_member")
 
@@ -48,7 +49,7 @@ class PrunedLinear(nn.Linear):
             if group.keeps_zeros:  # zeros in place, gradients masked: no pass over the weight in forward
                 return group.zeros_kept(member, self)
             return group.hard_masked(member, self)
-        if group.zeros == 0:
+        if group.zeros == 0 and not (self.training and self.pdp_method.masks_before_pruning):
             return self.weight, self.bias
         if self.training:
             return self.pdp_method.train_weight(group, member, self)
@@ -64,6 +65,24 @@ class PrunedLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = self.pruned_weight_and_bias()
         return F.linear(input, weight, bias)
+
+
+class PruningScores(nn.Module):
+    """The learnable unit scores of a method with `learnable_scores` (SMART, movement), one parameter per unit
+    group, attached to the model as `model.pdp_scores`: `model.parameters()`, DDP's gradient all-reduce, `.to()`
+    and Trainer checkpoints (`pdp_scores.<group>` keys beside the weights) all see them. `finalize_pruning`
+    removes the module, so exports hold no trace of it."""
+
+    def __init__(self, scores: dict[str, torch.Tensor]):
+        super().__init__()
+        self.scores = nn.ParameterDict({self.key(name): nn.Parameter(value) for name, value in scores.items()})
+
+    @staticmethod
+    def key(group_name: str) -> str:
+        return group_name.replace(".", "__")  # ParameterDict keys cannot hold dots
+
+    def __getitem__(self, group_name: str) -> nn.Parameter:
+        return self.scores[self.key(group_name)]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -132,6 +151,7 @@ class Pruner:
         if schedule.hardens_at(step):
             self.harden()
             return
+        self.method.begin_step(step, schedule)
         frac = schedule.fraction(step)
         # Between exact refreshes the threshold is a fresh sampled estimate (it never depends on an earlier step,
         # so a resumed run computes the same values as an uninterrupted one).
@@ -195,8 +215,43 @@ class Pruner:
         Transformers' own), the forward needs no mask, and checkpoints hold the sparse model. Without an
         optimizer, the hardened mask keeps being multiplied in at every forward (correct for any loop)."""
         self.optimizer = optimizer
+        self._check_scores_are_trained(optimizer)
         if self.hardened:  # resumed after hardening (or hardened before training): the same state as at hardening
             self._keep_zeros()
+
+    # -- learnable scores -----------------------------------------------------------------------------------------
+    def score_parameters(self) -> list[nn.Parameter]:
+        """The learnable unit scores (SMART, movement), one tensor per group; [] for methods without."""
+        return [g.score for g in self.groups if g.score is not None]
+
+    def optimizer_param_groups(self) -> list[dict]:
+        """Parameter groups to add to the training loop's optimizer: the scores with `score_learning_rate` and no
+        weight decay (PrunerTrainer does it for you). [] for methods without learnable scores.
+
+        ```python
+        params = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
+        optimizer = torch.optim.AdamW([{"params": params}, *pruner.optimizer_param_groups()], lr=3e-5)
+        ```
+        """
+        scores = self.score_parameters()
+        if not scores:
+            return []
+        return [{"params": scores, "lr": self.config.score_learning_rate, "weight_decay": 0.0}]
+
+    def _check_scores_are_trained(self, optimizer) -> None:
+        scores = self.score_parameters()
+        if not scores or optimizer is None:
+            return
+        inner = optimizer
+        while not hasattr(inner, "param_groups") and hasattr(inner, "optimizer"):
+            inner = inner.optimizer
+        held = {id(p) for group in getattr(inner, "param_groups", []) for p in group["params"]}
+        if not all(id(p) in held for p in scores):
+            raise ValueError(
+                f"Method {self.config.method!r} learns unit scores, but the optimizer does not hold them. Add "
+                "pruner.optimizer_param_groups() to its parameter groups (PrunerTrainer does this when it creates the "
+                "optimizer; with Trainer(optimizers=...) build the optimizer with them)."
+            )
 
     @torch.no_grad()
     def _keep_zeros(self) -> None:
@@ -238,17 +293,13 @@ class Pruner:
     # -- logging --------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        """`sparsity` (hard-mask view over all targeted weights), `temperature`, `mask_gap` (mean |soft - hard|
-        mask over the targeted weights)."""
+        """`sparsity` (hard-mask view over all targeted weights), the method's own values (PDP and SMART:
+        `temperature`), `mask_gap` (mean |soft - hard| mask over the targeted weights)."""
         numel = sum(g.numel for g in self.groups)
         zeros = sum(g.pruned_weights(g.zeros) for g in self.groups)
         active = [g for g in self.groups if g.zeros and g.hard_mask is None]
         gap = sum(float(self.method.mask_gap(g)) for g in active)
-        return {
-            "sparsity": zeros / numel,
-            "temperature": float(getattr(self.method, "temperature", 0.0)),
-            "mask_gap": gap / numel,
-        }
+        return {"sparsity": zeros / numel, **self.method.stats(), "mask_gap": gap / numel}
 
     # -- checkpoint state -----------------------------------------------------------------------------------------
     def save_state(self, directory: str) -> None:
@@ -306,6 +357,11 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     names = find_targets(model, config.target_modules)
     groups = build_unit_groups(model, names, config)
     method = get_method(config.method).from_config(config)
+    if method.learnable_scores and any(g.kind == "n:m" or config.target_sparsity > 0 for g in groups):
+        scores = PruningScores({g.name: method.init_scores(g) for g in groups})
+        model.add_module(SCORES_ATTR, scores)
+        for group in groups:
+            group.score = scores[group.name]
     for group in groups:
         method.init_group(group)
         if group.kind != "n:m" and config.target_sparsity == 0:
@@ -348,6 +404,8 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
             for attr in _MODULE_ATTRS:
                 module.__dict__.pop(attr, None)
             module.__class__ = nn.Linear
-        group.hard_mask, group.keeps_zeros, group._keep_factors = None, False, None
+        group.hard_mask, group.keeps_zeros, group._keep_factors, group.score = None, False, None, None
+    if isinstance(getattr(model, SCORES_ATTR, None), PruningScores):
+        delattr(model, SCORES_ATTR)  # the learned scores leave no trace in the model or its exports
     delattr(model, PRUNER_ATTR)
     return model

@@ -19,10 +19,6 @@ _AUTO_CLASSES = {
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
     "ForMaskedLM": "AutoModelForMaskedLM",
 }
-_METHOD_TEXT = {
-    "pdp": "PDP, Parameter-free Differentiable Pruning (Cho et al., NeurIPS 2023, arXiv:2305.11203)",
-    "magnitude": "gradual magnitude pruning (Zhu & Gupta 2017, arXiv:1710.01878)",
-}
 
 
 def auto_class_for(architectures: list[str] | None) -> str:
@@ -68,9 +64,11 @@ def render_model_card(
     pipeline_tag: str | None = None,
 ) -> ModelCard:
     """Render the card. `eval_results` are `huggingface_hub.EvalResult`s and become `model-index` metadata."""
+    from .methods import get_method
     from .report import format_report
 
     config = config or PDPConfig()
+    method = get_method(config.method)
     if model_name is None:  # "<run>/export" is named after the run
         folder = os.path.normpath(load_path)
         model_name = os.path.basename(folder)
@@ -106,7 +104,8 @@ def render_model_card(
         load_path=load_path,
         base_model_text=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "not recorded",
         dataset_text=dataset or "not recorded",
-        method_text=_METHOD_TEXT.get(config.method, config.method),
+        method_text=method.description or config.method,
+        method_settings=method.settings_text(config) or "none",
         config=config,
         config_json=json.dumps(config.to_dict(), indent=2, sort_keys=True),
         convention=report["convention"],

@@ -147,6 +147,24 @@ class PrunerTrainer(Trainer):
     def pruner(self):
         return get_pruner(self.model)
 
+    def create_optimizer(self, model=None):
+        """As `Trainer.create_optimizer`, with the learnable unit scores of SMART / movement in their own parameter
+        group (`score_learning_rate`, no weight decay) instead of the weights' groups; the LR schedule covers it."""
+        pruner = self.pruner
+        scores = pruner.score_parameters() if pruner is not None and self.optimizer is None else []
+        if not scores:
+            return super().create_optimizer(model)
+        for p in scores:  # Trainer's groups take every parameter that requires grad
+            p.requires_grad_(False)
+        try:
+            optimizer = super().create_optimizer(model)
+        finally:
+            for p in scores:
+                p.requires_grad_(True)
+        for group in pruner.optimizer_param_groups():
+            optimizer.add_param_group(group)
+        return optimizer
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """As `Trainer.train`, then finalize the masks. Resuming restores the checkpoint's pruning state first."""
         if self.pruner is None:

@@ -51,7 +51,8 @@ class UnitGroup:
     hardening (None before). With `keeps_zeros` (hardened in a training loop that also zeroed the optimizer's
     state, see `Pruner.set_optimizer`) the pruned weights are zero in place and only their gradients are masked.
     Methods keep their per-group tensors in `state`: plain attributes, not module buffers, so DDP never broadcasts
-    them (every rank computes them from the same weights).
+    them (every rank computes them from the same weights). Learnable scores (`score`) are parameters of the model's
+    `pdp_scores` submodule instead: trained, all-reduced and checkpointed like any weight.
     """
 
     name: str
@@ -65,6 +66,7 @@ class UnitGroup:
     hard_mask: torch.Tensor | None = None
     keeps_zeros: bool = False
     state: dict = field(default_factory=dict)
+    score: nn.Parameter | None = None  # learnable unit scores (methods with learnable_scores), shape unit_shape
     _forward_cache: tuple | None = field(default=None, repr=False, compare=False)
     _keep_factors: dict | None = field(default=None, repr=False, compare=False)
 

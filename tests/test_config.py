@@ -38,7 +38,7 @@ BAD = [
     ({"target_sparsity": -0.1}, "target_sparsity=-0.1", "0 <= target_sparsity < 1"),
     ({"target_sparsity": float("nan")}, "target_sparsity=nan", "finite number"),
     ({"target_sparsity": "0.9"}, "target_sparsity='0.9'", "finite number"),
-    ({"method": "lottery"}, "method='lottery'", "choose one of \\['pdp', 'magnitude'\\]"),
+    ({"method": "lottery"}, "method='lottery'", "choose one of \\['pdp', 'magnitude', 'smart', 'movement'\\]"),
     ({"granularity": "2:4"}, "granularity='2:4'", "unstructured.*n:m.*e.g. 'attention=head,ffn=neuron'"),
     ({"granularity": "attention=head,mlp=neuron"}, "granularity=", "'attention=...,ffn=...'"),
     ({"granularity": "attention=head,ffn=channel"}, "granularity=", "'channel' is not one of"),

@@ -2,11 +2,15 @@
 
 from .base import MaskMethod
 from .magnitude import MagnitudeMethod
+from .movement import MovementMethod
 from .pdp import PDPMethod
+from .smart import SmartMethod
 
 METHODS: dict[str, type[MaskMethod]] = {
     "pdp": PDPMethod,
     "magnitude": MagnitudeMethod,
+    "smart": SmartMethod,
+    "movement": MovementMethod,
 }
 
 
@@ -16,4 +20,4 @@ def get_method(name: str) -> type[MaskMethod]:
     return METHODS[name]
 
 
-__all__ = ["MaskMethod", "MagnitudeMethod", "PDPMethod", "METHODS", "get_method"]
+__all__ = ["MaskMethod", "MagnitudeMethod", "MovementMethod", "PDPMethod", "SmartMethod", "METHODS", "get_method"]

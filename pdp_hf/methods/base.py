@@ -69,17 +69,47 @@ class MaskMethod:
     Lifecycle per group: `init_group` once, `update` once per optimizer step with the number of units pruned in
     force (outside autograd), `train_weight` in every training forward (differentiable), `eval_weight` in eval mode
     before hardening, `hard_mask` for hardening, reports and finalize (exact count).
+
+    Methods with learnable state set `learnable_scores`: `init_scores` gives each group's initial unit scores, which
+    `apply_pruning` turns into parameters of a `pdp_scores` submodule of the model (so `model.parameters()`, DDP and
+    Trainer checkpoints see them) and hangs on `group.score`; `Pruner.optimizer_param_groups` hands them to the
+    optimizer with `score_learning_rate` and no weight decay; `finalize_pruning` removes them. Per-group tensors a
+    resumed run needs beyond the scores (a warm start, say) come from `state_tensors` and go back through
+    `load_state_tensors`.
+
+    Settings: a method reads the `PDPConfig` fields named in `config_fields` (and only those besides the shared
+    ones), and `check_config` validates them; fields of other methods are not validated for it.
     """
 
     name: str = ""
+    config_fields: tuple[str, ...] = ()
+    learnable_scores: bool = False
+    masks_before_pruning: bool = False  # train_weight also runs while nothing is pruned yet (scores learn from step 0)
+    description: str = ""  # for model cards
 
     @classmethod
     def from_config(cls, config) -> MaskMethod:
         """Build the method from a `PDPConfig` (methods read only the fields they need)."""
         return cls()
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Validate this method's own `config_fields` of `config` (raise ValueError naming the field)."""
+
+    @classmethod
+    def settings_text(cls, config) -> str:
+        """This method's settings for a model card, e.g. "temperature 0.05 (relative)"; "" when it has none."""
+        return ", ".join(f"`{name}`={getattr(config, name)!r}" for name in cls.config_fields)
+
     def init_group(self, group: UnitGroup) -> None:
         """Set up the method's per-group state in `group.state`."""
+
+    def init_scores(self, group: UnitGroup) -> torch.Tensor | None:
+        """Initial learnable unit scores of `group` (shape `group.unit_shape`), for methods with `learnable_scores`."""
+        return None
+
+    def begin_step(self, step: int, schedule) -> None:
+        """Called once per optimizer step before the groups' `update`s (e.g. to move a temperature schedule)."""
 
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
         """Recompute the group's mask state for `zeros` pruned units; `exact=False` allows a cheaper estimate."""
@@ -107,6 +137,29 @@ class MaskMethod:
         """Sum over weights of |soft mask - hard mask| (for logging); 0 when the method has no soft mask."""
         return torch.zeros((), device=group.weight.device)
 
+    def stats(self) -> dict[str, float]:
+        """Method values added to the Trainer's logs (e.g. the current temperature)."""
+        return {}
+
+    def state_tensors(self, group: UnitGroup) -> dict[str, torch.Tensor]:
+        """Per-group tensors a checkpoint must hold for an exact resume (beyond weights and scores)."""
+        return {}
+
+    def load_state_tensors(self, group: UnitGroup, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what `state_tensors` saved (called after `group.state` was cleared)."""
+
     def remove_group(self, group: UnitGroup) -> None:
         """Drop what `init_group` and `update` attached."""
         group.state.clear()
+
+
+def learned_hard_mask(group: UnitGroup, zeros: int) -> torch.Tensor:
+    """Exact keep-mask from the learned scores `group.score`: the `zeros` lowest-scored units pruned (N:M: in each of
+    the `zeros` groups selected by weight magnitude, as the ramp selects them, the N highest-scored weights stay)."""
+    score = group.score.detach().float()
+    if group.kind != "n:m":
+        return hard_mask_from_scores(score, zeros)
+    m, n = group.m, group.n
+    order = torch.sort(score, dim=-1).indices
+    keep = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, order[..., m - n :], True)
+    return keep | ~nm_selected_groups(group.scores(), n, zeros)

@@ -21,6 +21,7 @@ from .base import MaskMethod, nm_hard_mask
 
 class MagnitudeMethod(MaskMethod):
     name = "magnitude"
+    description = "gradual magnitude pruning (Zhu & Gupta 2017, arXiv:1710.01878)"
 
     def __init__(self, mask_kernel: str = "auto"):
         self.mask_kernel = mask_kernel

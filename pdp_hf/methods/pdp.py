@@ -14,6 +14,8 @@ Choices where the paper is silent (documented in README):
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -88,6 +90,23 @@ class PDPMethod(MaskMethod):
     threshold (midpoint of its N-th and (N+1)-th largest |w|) and relative tau."""
 
     name = "pdp"
+    config_fields = ("temperature", "temperature_mode")
+    description = "PDP, Parameter-free Differentiable Pruning (Cho et al., NeurIPS 2023, arXiv:2305.11203)"
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        from ..config import TEMPERATURE_MODES
+
+        value = config.temperature
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+            raise ValueError(f"PDPConfig.temperature={value!r} is invalid: it must be a finite number > 0.")
+        if config.temperature_mode not in TEMPERATURE_MODES:
+            raise ValueError(
+                f"PDPConfig.temperature_mode={config.temperature_mode!r} is invalid: choose one of {list(TEMPERATURE_MODES)}."
+            )
+
+    def stats(self) -> dict[str, float]:
+        return {"temperature": self.temperature}
 
     def __init__(self, temperature: float, temperature_mode: str = "relative", mask_kernel: str = "auto"):
         self.temperature = float(temperature)

@@ -1,0 +1,80 @@
+"""Movement pruning (Sanh, Wolf, Rush 2020, arXiv 2005.07683), hard variant: keep the units whose weights move away
+from zero during fine-tuning.
+
+Every unit has a learnable score S_u, starting at 0 (their `mask_init="constant"`, `mask_scale=0`). The forward
+uses W * M with M the hard top-k of the scores (the units pruned in force have the lowest scores); the backward is
+straight-through (their `TopKBinarizer`): dL/dS = dL/dM = sum over the unit of dL/dW' * W, so with plain gradient
+descent S accumulates -W * dL/dW. The scores are trained by the Trainer's optimizer in their own parameter group
+(`score_learning_rate`, no weight decay; their recipe uses 1e-2 with Adam), from the first step on: the mask is
+applied (all ones) before pruning starts, so the scores know which weights move by the time they are used.
+Their schedule is cubic: `sparsity_schedule="cubic"`. At hardening the mask becomes the exact top-k of the scores.
+
+Between exact refreshes (`threshold_refresh_steps`) the cut is estimated from a fixed sample of the scores, as for
+magnitude. Soft movement (scores thresholded under an L1 penalty, sparsity not set in advance) does not fit
+pdp_hf's exact budgets and is not provided.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..selection import sampled_kth_pair
+from ..units import Member, UnitGroup, multiplier
+from .base import MaskMethod, learned_hard_mask
+
+_TIE_SLACK = 0.01  # a sampled cut whose kept count misses the budget by more than 1% of the units is not used
+
+
+class MovementMethod(MaskMethod):
+    name = "movement"
+    config_fields = ("score_learning_rate",)
+    learnable_scores = True
+    masks_before_pruning = True
+    description = "movement pruning, hard top-k of learned movement scores (Sanh, Wolf & Rush 2020, arXiv:2005.07683)"
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        value = config.score_learning_rate
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"PDPConfig.score_learning_rate={value!r} is invalid: it must be a finite number > 0.")
+
+    @torch.no_grad()
+    def init_scores(self, group: UnitGroup) -> torch.Tensor:
+        return torch.zeros(group.unit_shape, device=group.weight.device)
+
+    @torch.no_grad()
+    def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
+        keep = None
+        if not (exact or group.kind == "n:m" or zeros >= group.num_units):
+            # between refreshes, a cut estimated from the fixed sample (count off by about 0.1% of the units) ...
+            score = group.score.detach().float().reshape(-1)
+            cut, _ = sampled_kth_pair(score, zeros)
+            keep = (score > cut).view(group.unit_shape)
+            if abs(group.num_units - zeros - int(keep.sum())) > _TIE_SLACK * group.num_units:
+                keep = None  # ... unless scores tie at the cut (all start at 0; Adam moves many by equal steps)
+        if keep is None:
+            keep = learned_hard_mask(group, zeros)  # the exact top-k
+        group.state["keep"] = multiplier(keep, group.weight.dtype)
+
+    def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        def straight_through():
+            score = group.score
+            keep = group.state.get("keep")
+            # value: the hard mask exactly (s - s.detach() is +0.0); gradient: identity to the scores
+            delta = score - score.detach()
+            return delta + 1.0 if keep is None else delta + keep.to(score.device)
+
+        mask = group.once_per_forward(straight_through)
+        weight, bias = group.masked(mask, member, module)
+        dtype = module.weight.dtype
+        return weight.to(dtype), bias if bias is None else bias.to(dtype)
+
+    def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
+        keep = group.state.get("keep")
+        return self.hard_mask(group, group.zeros) if keep is None else keep
+
+    def hard_mask(self, group: UnitGroup, zeros: int) -> torch.Tensor:
+        return learned_hard_mask(group, zeros)

@@ -1,0 +1,138 @@
+"""SMART pruner (Ding et al. 2024, arXiv 2403.19969): learnable unit scores through a differentiable top-k.
+
+Every unit (weight, N:M group member, neuron, head, tile) has a learnable score s_u, trained by the Trainer's
+optimizer in its own parameter group (`score_learning_rate`, no weight decay). With z units pruned in force and
+k = units - z, the forward uses W * f(s), broadcast over each unit:
+
+    f(s)_u = sigmoid(s_u / tau + lambda),   lambda such that sum_u f(s)_u = k
+
+(per group of a uniform budget; for N:M per group of M weights with k = N), and the weights and scores both learn
+through it (`pdp_hf.topk`: lambda by safeguarded Newton, implicit-gradient backward). As tau -> 0, f is the hard
+top-k of the scores; at hardening the mask becomes exactly that top-k, and training continues with it fixed.
+
+Choices where the paper is not recoverable (documented in README, measured in benchmarks/compare_minilm_sst2.md):
+- three stages on pdp_hf's shared schedule: dense until `pruning_start`; from there k ramps down to the budget
+  (the same ramp as every method, so one jump never removes 90% of the mass) while tau decays geometrically from
+  `smart_temperature_start` to `smart_temperature_end` at `pruning_end`, then stays; hard masks from `harden_at`;
+- scores start as each unit's L2 norm divided by the mean norm of its group (|w| / mean |w| for single weights):
+  the first soft mask ranks like magnitude, and tau is in units of that mean whatever the layer's weight scale;
+- lambda is solved once per optimizer step outside autograd (scores only change at optimizer steps), warm-started
+  from the previous step's lambda, which checkpoints keep, so a resumed run computes the same bits.
+- `sparsity_distribution="global"` fixes per-group budgets by one magnitude ranking at pruning start, as for every
+  method (like-for-like comparisons); lambda stays per group.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..topk import soft_topk, solve_lambda
+from ..units import Member, UnitGroup
+from .base import MaskMethod, learned_hard_mask, nm_selected_groups
+
+
+class SmartMethod(MaskMethod):
+    name = "smart"
+    config_fields = ("score_learning_rate", "smart_temperature_start", "smart_temperature_end")
+    learnable_scores = True
+    description = "SMART pruner, learnable scores through a differentiable top-k (Ding et al. 2024, arXiv:2403.19969)"
+
+    def __init__(self, temperature_start: float = 1.0, temperature_end: float = 0.01):
+        self.temperature_start = float(temperature_start)
+        self.temperature_end = float(temperature_end)
+        self.temperature = self.temperature_start
+
+    @classmethod
+    def from_config(cls, config) -> SmartMethod:
+        return cls(config.smart_temperature_start, config.smart_temperature_end)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        for name in cls.config_fields:
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"PDPConfig.{name}={value!r} is invalid: it must be a finite number > 0.")
+        if config.smart_temperature_end > config.smart_temperature_start:
+            raise ValueError(
+                f"PDPConfig.smart_temperature_end={config.smart_temperature_end!r} is invalid: the temperature decays, "
+                f"so it must not exceed smart_temperature_start={config.smart_temperature_start!r}."
+            )
+
+    def temperature_at(self, step: int, schedule) -> float:
+        """tau_start * (tau_end / tau_start) ** p, p the linear progress through the ramp (0 before, 1 after)."""
+        if step < schedule.start:
+            progress = 0.0
+        elif step >= schedule.end:
+            progress = 1.0
+        else:
+            progress = (step - schedule.start) / (schedule.end - schedule.start)
+        return self.temperature_start * (self.temperature_end / self.temperature_start) ** progress
+
+    def begin_step(self, step: int, schedule) -> None:
+        self.temperature = self.temperature_at(step, schedule)
+
+    @torch.no_grad()
+    def init_scores(self, group: UnitGroup) -> torch.Tensor:
+        norms = group.scores()  # for N:M ranked within each group of M, scaled by the matrix's mean |w|
+        return norms / norms.mean().clamp_min(torch.finfo(torch.float32).tiny)
+
+    @torch.no_grad()
+    def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
+        state, tau = group.state, self.temperature
+        state["tau"] = tau
+        score = group.score.detach().float()
+        if group.kind == "n:m":
+            selected = nm_selected_groups(group.scores(), group.n, zeros)
+            state["selected"] = None if bool(selected.all()) else selected
+            state["lambda"] = solve_lambda(score, group.n, tau, init=state.get("lambda"), dtype=torch.float32)
+            return
+        if zeros >= group.num_units:  # nothing kept: the mask is exactly zero
+            state.pop("lambda", None)
+            state["all_pruned"] = True
+            return
+        state.pop("all_pruned", None)
+        k = group.num_units - zeros
+        state["lambda"] = solve_lambda(score.reshape(1, -1), k, tau, init=state.get("lambda"), dtype=torch.float32)
+
+    def soft_mask(self, group: UnitGroup) -> torch.Tensor:
+        """Unit-level soft top-k mask f(s), float32, differentiable in the scores (shape `unit_shape`)."""
+        state, score = group.state, group.score
+        if state.get("all_pruned"):
+            return torch.zeros(group.unit_shape, device=score.device)
+        with torch.autocast(device_type=score.device.type, enabled=False):
+            lam = state["lambda"].to(score.device)
+            if group.kind == "n:m":
+                mask = soft_topk(score.float(), None, state["tau"], lam=lam)
+                if state.get("selected") is not None:
+                    mask = torch.where(state["selected"].to(score.device), mask, torch.ones_like(mask))
+                return mask
+            return soft_topk(score.float().reshape(1, -1), None, state["tau"], lam=lam).view(group.unit_shape)
+
+    def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = group.once_per_forward(lambda: self.soft_mask(group))  # one top-k per group, shared by its members
+        weight, bias = group.masked(mask, member, module)
+        dtype = module.weight.dtype
+        return weight.to(dtype), bias if bias is None else bias.to(dtype)
+
+    def hard_mask(self, group: UnitGroup, zeros: int) -> torch.Tensor:
+        return learned_hard_mask(group, zeros)
+
+    @torch.no_grad()
+    def mask_gap(self, group: UnitGroup) -> torch.Tensor:
+        soft = self.soft_mask(group)
+        gap = (soft - self.eval_mask(group).float()).abs().sum()
+        return gap * (group.numel // soft.numel())
+
+    def stats(self) -> dict[str, float]:
+        return {"temperature": self.temperature}
+
+    def state_tensors(self, group: UnitGroup) -> dict[str, torch.Tensor]:
+        lam = group.state.get("lambda")
+        return {} if lam is None else {"lambda": lam}
+
+    def load_state_tensors(self, group: UnitGroup, tensors: dict[str, torch.Tensor]) -> None:
+        if "lambda" in tensors:
+            group.state["lambda"] = tensors["lambda"].to(group.weight.device)
