@@ -1,9 +1,10 @@
 """Worker for tests/test_distributed.py: PrunerTrainer under torchrun (gloo, CPU) or in a single process.
 
-    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH
-    python tests/ddp_worker.py OUT_DIR GLOBAL_BATCH            # the single-process reference
+    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH [METHOD]
+    python tests/ddp_worker.py OUT_DIR GLOBAL_BATCH [METHOD]   # the single-process reference
 
-Writes OUT_DIR/rank{R}.safetensors: the final (finalized) weights, and the hard masks seen at hardening.
+Writes OUT_DIR/rank{R}.safetensors: the final (finalized) weights, the hard masks seen at hardening and, for
+methods with learnable scores, the scores then.
 """
 
 import os
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.conftest import text_dataset  # noqa: E402
 
 
-def main(out_dir: str, batch: int) -> None:
+def main(out_dir: str, batch: int, method: str = "pdp") -> None:
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", 0))
     torch.manual_seed(0)
@@ -35,6 +36,7 @@ def main(out_dir: str, batch: int) -> None:
             pruner = get_pruner(model)
             if pruner.hardened and not masks:
                 masks.update({f"hard_mask.{g.name}": g.hard_mask.clone() for g in pruner.groups})
+                masks.update({f"score.{g.name}": g.score.detach().clone() for g in pruner.groups if g.score is not None})
 
     args = TrainingArguments(
         output_dir=os.path.join(out_dir, "run"), max_steps=16, per_device_train_batch_size=batch, learning_rate=1e-3,
@@ -44,7 +46,7 @@ def main(out_dir: str, batch: int) -> None:
     )
     trainer = PrunerTrainer(
         model=model, args=args, train_dataset=text_dataset(128), callbacks=[GrabMasks()],
-        pdp_config=PDPConfig(target_sparsity=0.8, pruning_start=0.1, pruning_end=0.5, harden_at=0.75),
+        pdp_config=PDPConfig(method=method, target_sparsity=0.8, pruning_start=0.1, pruning_end=0.5, harden_at=0.75),
     )
     trainer.train()
     tensors = {f"final.{k}": v.contiguous() for k, v in model.state_dict().items()}
@@ -52,4 +54,4 @@ def main(out_dir: str, batch: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])

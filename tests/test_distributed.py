@@ -19,7 +19,10 @@ def run(cmd, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
+NO_TORCHRUN = shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun"))
+
+
+@pytest.mark.skipif(NO_TORCHRUN, reason="torchrun not installed")
 def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     ddp.mkdir()
@@ -46,3 +49,17 @@ def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path):
             agree = r0[mask_key] == ref[mask_key]
             a, b = a[agree], b[agree]
         torch.testing.assert_close(a, b, atol=1e-3, rtol=0, msg=key)
+
+
+@pytest.mark.skipif(NO_TORCHRUN, reason="torchrun not installed")
+def test_ddp_learned_scores_and_masks_are_identical_on_both_ranks(tmp_path):
+    """SMART's scores are parameters: DDP all-reduces their gradients, so both ranks hold the same scores, the same
+    lambdas and the same masks, with nothing broadcast by pdp_hf."""
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+         WORKER, str(ddp), "4", "smart"], tmp_path)
+    r0, r1 = load_file(ddp / "rank0.safetensors"), load_file(ddp / "rank1.safetensors")
+    assert len([k for k in r0 if k.startswith("score.")]) == len([k for k in r0 if k.startswith("hard_mask.")]) == 12
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
