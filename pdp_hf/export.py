@@ -15,9 +15,7 @@ from .config import PDPConfig
 from .inference import shrink_neurons_for_config
 from .injection import _unwrap, finalize_pruning, get_pruner
 from .model_card import render_model_card
-from .report import sparsity_report
-
-REPORT_NAME = "sparsity_report.json"
+from .report import REPORT_NAME, sparsity_report
 
 
 def _check_destination(output_dir: str, overwrite: bool) -> None:

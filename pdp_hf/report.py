@@ -104,6 +104,39 @@ def sparsity_report(model: nn.Module, target_modules: list[str] | None = None, c
     }
 
 
+REPORT_NAME = "sparsity_report.json"
+
+
+def export_report(directory: str) -> dict | None:
+    """The `sparsity_report.json` an export holds (written before any shrinking, so it counts cut-out neurons as
+    pruned weights of the original shapes), or None for a folder without one."""
+    import json
+    import os
+
+    path = os.path.join(str(directory), REPORT_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def model_sparsity(model: nn.Module, directory: str | None = None, config=None) -> float:
+    """Sparsity of the targeted weights of `model`, loaded from `directory`: measured on the model, unless some
+    targeted matrix is smaller than the export's report says (a `shrink=True` export: the cut neurons hold no zeros
+    any more), where the export's own report, counted on the original shapes, is the answer."""
+    stored = export_report(directory) if directory else None
+    if stored is not None:
+        model = _unwrap(model)
+        for name, row in stored["modules"].items():
+            try:
+                shape = list(model.get_submodule(name).weight.shape)
+            except AttributeError:
+                continue
+            if shape != row["shape"]:
+                return stored["total"]["sparsity"]
+    return sparsity_report(model, config=config)["total"]["sparsity"]
+
+
 def format_report(report: dict) -> str:
     """The report as a Markdown table (used by the model card and the CLI)."""
     lines = ["| module | role | shape | zeros | sparsity |", "|---|---|---|---:|---:|"]

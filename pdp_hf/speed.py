@@ -1,5 +1,7 @@
 """How fast an export runs, loaded each way it can be: as stored (plain Transformers) and with
-`load_pruned(dir, optimize=True)`. `pdp-hf speed DIR --update_card` writes the table into the model card."""
+`load_pruned(dir, optimize=True)`, against the model it came from: for a `shrink=True` export, the same weights in
+the original (dense) shapes with zeros where neurons were cut out. `pdp-hf speed DIR --update_card` writes the
+table into the model card."""
 
 from __future__ import annotations
 
@@ -33,25 +35,68 @@ def _median_seconds(model, inputs, rounds: int) -> float:
     return statistics.median(times)
 
 
+@torch.no_grad()
+def dense_shaped(model, directory: str):
+    """`model` (loaded from a `shrink=True` export) rebuilt in the shapes before shrinking, with zeros in the cut-out
+    neurons: the zero-weight model a speedup is measured against. None when nothing was cut out (the stored model
+    has the original shapes). The kept neurons come first: an FFN's output does not depend on its neurons' order."""
+    import copy
+
+    from .inference import _FFN_SIZE_ATTRS
+    from .report import export_report
+
+    report = export_report(directory)
+    if report is None:
+        return None
+    rows = {name: row for name, row in report["modules"].items() if row.get("role") == "ffn_in"}
+    if not rows:
+        return None
+    name, row = next(iter(rows.items()))
+    original, now = row["shape"][0], model.get_submodule(name).weight.shape[0]
+    attr = next((a for a in _FFN_SIZE_ATTRS if getattr(model.config, a, None) == now), None)
+    if original == now or attr is None:
+        return None
+    config = copy.deepcopy(model.config)
+    setattr(config, attr, original)
+    padded = type(model)(config)
+    state = model.state_dict()
+    full = {}
+    for key, value in padded.state_dict().items():
+        source = state[key]
+        if source.shape != value.shape:
+            value = torch.zeros_like(value)
+            value[tuple(slice(0, n) for n in source.shape)] = source
+            source = value
+        full[key] = source
+    padded.load_state_dict(full)
+    return padded.eval()
+
+
 def measure_load_speeds(directory: str, batches=(1, 32), seq: int = 128, rounds: int = 5) -> list[dict]:
-    """Median CPU latency of the export loaded as stored and loaded with `optimize=True`, per batch size, measured
-    side by side (interleaved); the optimized outputs are checked against the stored model's (atol 1e-4)."""
+    """Median CPU latency of the export loaded as stored and loaded with `optimize=True` (and, for a shrunk export,
+    of the dense-shaped zero-weight model it came from, the baseline of the speedups), per batch size, measured side
+    by side (interleaved); every way's outputs are checked against the stored model's (atol 1e-4)."""
     from .compressed import load_pruned
 
     stored = load_pruned(directory)
-    optimized = load_pruned(directory, optimize=True)
+    models = {"stored": stored, "optimized": load_pruned(directory, optimize=True)}
+    dense = dense_shaped(stored, directory)
+    if dense is not None:
+        models = {"dense-shaped": dense, **models}
     rows = []
     for batch in batches:
         inputs = _inputs(stored.config, batch, seq)
         with torch.inference_mode():
-            diff = (stored(**inputs).logits - optimized(**inputs).logits).abs().max().item()
-        if diff > 1e-4:
-            raise RuntimeError(f"The optimized model's logits differ from the stored model's by {diff}.")
-        samples = {"stored": [], "optimized": []}
+            reference = stored(**inputs).logits
+            for way, model in models.items():
+                diff = (model(**inputs).logits - reference).abs().max().item()
+                if diff > 1e-4:
+                    raise RuntimeError(f"The {way} model's logits differ from the stored model's by {diff}.")
+        samples = {way: [] for way in models}
         for _ in range(rounds):
-            samples["stored"].append(_median_seconds(stored, inputs, 1))
-            samples["optimized"].append(_median_seconds(optimized, inputs, 1))
-        base = statistics.median(samples["stored"])
+            for way, model in models.items():
+                samples[way].append(_median_seconds(model, inputs, 1))
+        base = statistics.median(samples[next(iter(models))])
         for way, values in samples.items():
             ms = 1000 * statistics.median(values)
             rows.append({"batch": batch, "seq": seq, "way": way, "ms": ms, "speedup": base / statistics.median(values)})
@@ -60,6 +105,7 @@ def measure_load_speeds(directory: str, batches=(1, 32), seq: int = 128, rounds:
 
 def format_speed(rows: list[dict], directory: str) -> str:
     ways = {
+        "dense-shaped": "the original shapes, zeros in the cut-out neurons (baseline)",
         "stored": "`from_pretrained` (as stored)",
         "optimized": f'`load_pruned("{directory}", optimize=True)`',
     }

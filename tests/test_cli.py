@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 from pdp_hf import PDPConfig, PrunerTrainer
 from pdp_hf.cli import main
@@ -101,8 +102,27 @@ def test_speed_measures_both_ways_and_updates_the_card(tmp_path, capsys):
         assert main(["speed", folder, "--batch", "2", "--seq", "8", "--rounds", "1", "--update_card"]) == 0
     out = capsys.readouterr().out
     assert "| 2 x 8 | `from_pretrained` (as stored) |" in out and "optimize=True)` |" in out
+    assert "| 2 x 8 | the original shapes, zeros in the cut-out neurons (baseline) |" in out
     card = (tmp_path / "exp" / "README.md").read_text()
     assert card.count("## Measured speed") == 1 and "| 2 x 8 |" in card and "## Pruning" in card
+
+
+def test_dense_shaped_model_of_a_shrunk_export_has_the_original_shapes_and_equal_logits(tmp_path):
+    from pdp_hf import apply_pruning, export_pruned, finalize_pruning, load_pruned
+    from pdp_hf.speed import dense_shaped
+
+    config = PDPConfig(granularity="neuron", target_sparsity=0.5)
+    model = finalize_pruning(apply_pruning(tiny_bert(), config))
+    shrunk = export_pruned(model, tmp_path / "shrunk", pdp_config=config, shrink=True)
+    plain = export_pruned(model, tmp_path / "plain", pdp_config=config)
+    stored = load_pruned(shrunk)
+    assert stored.config.intermediate_size == 32
+    dense = dense_shaped(stored, shrunk)
+    assert dense.config.intermediate_size == 64 and dense.bert.encoder.layer[0].intermediate.dense.weight.shape == (64, 32)
+    ids = torch.randint(1, 60, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(dense(input_ids=ids).logits, stored(input_ids=ids).logits, rtol=0, atol=1e-6)
+    assert dense_shaped(load_pruned(plain), plain) is None  # nothing cut out: the stored model is the baseline
 
 
 def test_export_of_an_export_shrinks_and_keeps_the_card(tmp_path, capsys):

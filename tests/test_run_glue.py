@@ -10,7 +10,7 @@ import shutil
 import sys
 
 import pytest
-from transformers import BertTokenizerFast, TrainingArguments
+from transformers import AutoModelForSequenceClassification, BertTokenizerFast, TrainingArguments
 
 from pdp_hf import PDPConfig
 from pdp_hf.glue import GLUE_TASKS
@@ -201,6 +201,19 @@ def test_eval_only_evaluates_an_export_without_training(trained_sst2, glue_dir, 
     assert summary["eval_accuracy"] == trained["eval_accuracy"] and summary["sparsity"] == 0.5
     assert "export" not in summary and not (out / "export").exists()
     assert sorted(os.listdir(out)) == ["all_results.json", "eval_results.json"]  # no training, no checkpoint
+
+
+def test_eval_only_on_a_shrunk_export_reports_the_sparsity_it_was_pruned_to(model_dir, glue_dir, tmp_path):
+    from pdp_hf import apply_pruning, export_pruned, finalize_pruning
+    from pdp_hf.report import export_report
+
+    config = PDPConfig(granularity="neuron", target_sparsity=0.5)
+    model = finalize_pruning(apply_pruning(AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2), config))
+    folder = export_pruned(model, tmp_path / "shrunk", BertTokenizerFast.from_pretrained(model_dir), pdp_config=config, shrink=True)
+    expected = export_report(folder)["total"]["sparsity"]  # of the FFN matrices, the targets neurons cover
+    assert expected == 0.5
+    summary = load_script().main(args_for("sst2", folder, glue_dir, tmp_path / "eval", phases=("--do_eval",)))
+    assert summary["sparsity"] == round(expected, 4)  # not 0.0: the cut neurons hold no zeros in the shrunk file
 
 
 @pytest.mark.parametrize("task", ["sst2", "stsb", "mnli"])
