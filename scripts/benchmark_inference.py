@@ -3,6 +3,7 @@
 
     python scripts/benchmark_inference.py                      # CPU, fp32, both shapes, batch 1 and 32, seq 128
     python scripts/benchmark_inference.py --device cuda --dtype bf16   # adds 2:4 semi-structured on a capable GPU
+    python scripts/benchmark_inference.py --kernels    # per-Linear CSR vs dense at BERT-base shapes (the CSR bound)
 
 Models: all-MiniLM-L6-v2 (the packaged weights when installed, else its shape with random weights) and a
 BERT-base-width model (hidden 768, FFN 3072, 12 heads; `--bert_layers` of them, random weights: speed does not depend
@@ -135,6 +136,37 @@ def run_shape(name, base, variants, args, dtype) -> list[str]:
     return rows
 
 
+def kernel_rows(args) -> list[str]:
+    """Per-Linear CSR vs dense at the shapes of BERT-base, measured with CSRLinear's own product (the bound on what
+    `csr` can give a whole model): median of 30 interleaved calls, at 1 and all threads."""
+    from pdp_hf.inference import CSRLinear
+
+    rows = ["| threads | weight | sparsity | tokens | dense ms | CSR ms | speedup |", "|---:|---|---:|---:|---:|---:|---:|"]
+    threads = sorted({1, torch.get_num_threads()})
+    for count in threads:
+        torch.set_num_threads(count)
+        for shape in ((3072, 768), (768, 3072), (768, 768)):
+            for sparsity in (0.8, 0.9, 0.95):
+                torch.manual_seed(0)
+                linear = torch.nn.Linear(shape[1], shape[0])
+                with torch.no_grad():
+                    linear.weight[torch.rand(shape) < sparsity] = 0
+                csr = CSRLinear(linear, max_tokens=1 << 30)
+                x = torch.randn(1, args.seq, shape[1])
+                samples = {"dense": [], "csr": []}
+                with torch.inference_mode():
+                    for module in (linear, csr, linear, csr):
+                        module(x)
+                    for _ in range(30):
+                        for key, module in (("dense", linear), ("csr", csr)):
+                            start = time.perf_counter()
+                            module(x)
+                            samples[key].append(time.perf_counter() - start)
+                dense, sparse = (1000 * statistics.median(samples[k]) for k in ("dense", "csr"))
+                rows.append(f"| {count} | {shape[0]}x{shape[1]} | {sparsity:.2f} | {args.seq} | {dense:.2f} | {sparse:.2f} | {dense / sparse:.2f}x |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -145,7 +177,12 @@ def main() -> None:
     parser.add_argument("--bert_layers", type=int, default=4)
     parser.add_argument("--shapes", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"])
     parser.add_argument("--no_calibrate", action="store_true", help="CSR without measuring crossovers (fixed 128-token rule)")
+    parser.add_argument("--kernels", action="store_true", help="Only the per-Linear CSR vs dense table (CPU).")
     args = parser.parse_args()
+    if args.kernels:
+        print(f"per-Linear CSR (CSRLinear) vs dense, fp32, torch {torch.__version__}")
+        print("\n".join(kernel_rows(args)))
+        return
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     variants = dict(VARIANTS)
     if args.device == "cuda":
