@@ -40,7 +40,7 @@ SHAPES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
 }
-VARIANTS = ("dense", "dense-2", "floor", "pdp", "pdp-eager", "magnitude", "hardened", "hardened-masked")
+VARIANTS = ("dense", "dense-2", "floor", "pdp", "pdp-eager", "magnitude", "smart", "movement", "hardened", "hardened-masked")
 
 
 def floor_linear_class():
@@ -77,8 +77,8 @@ def pdp_config(variant: str, ramp_steps: int):
         return PDPConfig(**ramp)
     if variant == "pdp-eager":
         return PDPConfig(**ramp, mask_kernel="eager")
-    if variant == "magnitude":
-        return PDPConfig(**ramp, method="magnitude")
+    if variant in ("magnitude", "smart", "movement"):
+        return PDPConfig(**ramp, method=variant)
     if variant in ("hardened", "hardened-masked"):
         return PDPConfig(target_sparsity=0.9, pruning_start=0, pruning_end=0, harden_at=0)  # hard from step 0
     return None
@@ -97,7 +97,6 @@ class Run:
         self.variant, self.args, self.torch = variant, args, torch
         self.model = BertForSequenceClassification(BertConfig(**SHAPES[args.shape], num_labels=2)).to(args.device)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
         self.pruner = None
         if variant == "floor":
             from pdp_hf.targets import find_targets
@@ -110,6 +109,11 @@ class Run:
         if config is not None:
             self.pruner = get_pruner(apply_pruning(self.model, config))
             self.pruner.set_total_steps(ramp_steps + 1)
+        # SMART's and movement's scores train in their own group, as PrunerTrainer sets it up
+        weights = [p for n, p in self.model.named_parameters() if not n.startswith("pdp_scores.")]
+        groups = self.pruner.optimizer_param_groups() if self.pruner is not None else []
+        self.optimizer = torch.optim.AdamW([{"params": weights}, *groups], lr=1e-5)
+        if config is not None:
             if variant != "hardened-masked":
                 self.pruner.set_optimizer(self.optimizer)
         self.global_step = 0

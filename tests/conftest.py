@@ -6,7 +6,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -58,14 +57,18 @@ def tiny_vit(seed: int = 0, num_labels: int = 3) -> ViTForImageClassification:
     return ViTForImageClassification(config)
 
 
-def text_dataset(n: int = 64, seed: int = 0) -> Dataset:
+def text_dataset(n: int = 64, seed: int = 0):
+    from datasets import Dataset  # imported here: the GPU checks run where `datasets` is not installed
+
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, VOCAB, (n, SEQ), generator=g)
     labels = (ids[:, 0] > VOCAB // 2).long()
     return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
 
 
-def image_dataset(n: int = 48, seed: int = 0, num_labels: int = 3) -> Dataset:
+def image_dataset(n: int = 48, seed: int = 0, num_labels: int = 3):
+    from datasets import Dataset
+
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_labels, (n,), generator=g)
     pixels = torch.randn(n, 1, 8, 8, generator=g) + labels.view(-1, 1, 1, 1).float()
