@@ -17,6 +17,7 @@ from pdp_hf.inference import CSRLinear, csr_crossover
 from tests.conftest import image_dataset, text_dataset, tiny_bert, tiny_distilbert, tiny_roberta, tiny_vit
 
 MODELS = [tiny_bert, tiny_roberta, tiny_distilbert, tiny_vit]
+CAPABLE_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 def inputs_for(factory, n=3):
@@ -109,15 +110,11 @@ def test_csr_crossover_returns_a_grid_point():
     assert csr_crossover(weight, tokens=(1, 8)) in (0, 1, 8)
 
 
+@pytest.mark.skipif(CAPABLE_GPU, reason="a capable GPU is present; the error path is for machines without one")
 def test_semi_structured_without_gpu_is_a_clear_error():
     model = pruned(tiny_bert, granularity="n:m", n_m="2:4")
-    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
-        pytest.skip("a capable GPU is present; the error path is for machines without one")
     with pytest.raises(RuntimeError, match="2:4 acceleration needs an NVIDIA GPU of compute capability 8.0 or newer"):
         optimize_for_inference(model, "semi-structured")
-
-
-CAPABLE_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 @pytest.mark.skipif(not CAPABLE_GPU, reason="2:4 kernels need an NVIDIA GPU of compute capability 8.0 or newer")
