@@ -80,6 +80,8 @@ class UnitGroup:
         holding an autograd graph outlives the forward pass. A weight update in between (a new `_version`) or a
         repeated call (gradient checkpointing, gradient accumulation) computes afresh."""
         versions = tuple(member.module.weight._version for member in self.members)
+        if self.score is not None:  # learned scores change at optimizer steps too (even with frozen weights)
+            versions += (self.score._version,)
         cached = self._forward_cache
         if cached is not None and cached[2] == versions:
             value, left, _ = cached
