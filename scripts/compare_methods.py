@@ -40,6 +40,15 @@ METHOD_ARGS = {
     "pdp": ["--method", "pdp"],
     "smart": ["--method", "smart"],
 }
+# Each method's own knob, tried at 90% uniform with seed 42 (the issue's "same small budget"): method -> (flag, its
+# value in METHOD_ARGS or the PDPConfig default, the other values tried). The default's run is the 90u run itself.
+TUNING = {
+    "pdp": ("--temperature", "0.05", ("0.02", "0.2")),
+    "smart": ("--smart_temperature_start", "1.0", ("0.3", "3.0")),
+    "movement": ("--score_learning_rate", "0.01", ("0.003", "0.03")),
+    "magnitude": ("--sparsity_schedule", "cubic", ("linear",)),
+}
+TUNE_FLAGS = ["--target_sparsity", "0.9", "--sparsity_distribution", "uniform"]
 # setting -> (label, sparsity for the plot, demo flags, methods); in the order the grid runs them
 SETTINGS = {
     "90u": ("90% unstructured, uniform", 0.9, ["--target_sparsity", "0.9", "--sparsity_distribution", "uniform"],
@@ -59,10 +68,28 @@ SETTINGS = {
 }
 
 
+def tuning_runs(seed: int = SEEDS[0]) -> dict[str, tuple[str, str, int, list[str]]]:
+    """The knob values other than each method's default, at 90% uniform (setting "tune")."""
+    table = {}
+    for method, (flag, _, values) in TUNING.items():
+        for value in values:
+            name = f"{method}_tune_{flag.strip('-')}{value}_s{seed}"
+            argv = ["--output_dir", f"outputs/compare/{name}", "--seed", str(seed)] + METHOD_ARGS[method] + TUNE_FLAGS
+            table[name] = ("tune", method, seed, [*argv, flag, value])
+    return table
+
+
+ORDER = ["90u", "tune", *[k for k in SETTINGS if k != "90u"]]  # what the grid runs first
+
+
 def runs(settings: list[str], seeds=SEEDS) -> dict[str, tuple[str, str, int, list[str]]]:
-    """name -> (setting, method, seed, demo argv), in the order they run. Dense is trained once per seed."""
+    """name -> (setting, method, seed, demo argv), in the order they run: seed 42 of 90% uniform for every method,
+    then the knob values, then the other seeds and settings. Dense is trained once per seed."""
     table = {}
     for setting in settings:
+        if setting == "tune":
+            table.update(tuning_runs())
+            continue
         _, _, flags, methods = SETTINGS[setting]
         for seed in seeds:
             for method in methods:
@@ -70,6 +97,13 @@ def runs(settings: list[str], seeds=SEEDS) -> dict[str, tuple[str, str, int, lis
                 argv = ["--output_dir", f"outputs/compare/{name}", "--seed", str(seed)] + METHOD_ARGS[method]
                 table[name] = (setting, method, seed, argv if method == "dense" else argv + flags)
     return table
+
+
+def priority(setting: str, method: str, seed: int) -> int:
+    """Every method at seed 42 of 90% uniform first, then the knob values, then everything else."""
+    if setting == "90u" and seed == SEEDS[0]:
+        return 0
+    return 1 if setting == "tune" else 2
 
 
 def available_methods() -> set[str]:
@@ -92,14 +126,13 @@ def run_one(name: str, argv: list[str], out: str) -> bool:
     """Train one run in a child process; True when its result file was written."""
     tmp = os.path.join(out, name + ".json.tmp")
     record = {"argv": argv, "commit": git_commit()}
-    code = (
-        f"import json, sys; sys.path.insert(0, {HERE!r}); import demo; r = demo.main({argv!r}); "
-        f"json.dump({{**r, **{record!r}}}, open({tmp!r}, 'w'), indent=2)"
+    final = os.path.join(out, name + ".json")
+    code = (  # the child writes and renames its own result, so a result survives an interrupted parent
+        f"import json, os, sys; sys.path.insert(0, {HERE!r}); import demo; r = demo.main({argv!r}); "
+        f"json.dump({{**r, **{record!r}}}, open({tmp!r}, 'w'), indent=2); os.replace({tmp!r}, {final!r})"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
-    if done:
-        os.replace(tmp, os.path.join(out, name + ".json"))
-    else:
+    if not done:
         print(f"compare: {name} failed (see its log above); continuing", flush=True)
     return done
 
@@ -140,7 +173,20 @@ def summary(out: str, settings: list[str]) -> dict[tuple[str, str], dict]:
     return cells
 
 
+def tuning_markdown(out: str) -> str:
+    """One row per method and knob value at 90% uniform, seed 42 (the default's row is the 90u run)."""
+    done = load_results(out, {**runs(["90u"], seeds=SEEDS[:1]), **tuning_runs()})
+    lines = ["| method | knob | value | SST-2 accuracy (seed 42) |", "|---|---|---|---:|"]
+    for method, (flag, default, values) in TUNING.items():
+        for value in sorted((default, *values), key=lambda v: (not v.replace(".", "").isdigit(), v)):
+            name = f"{method}_90u_s{SEEDS[0]}" if value == default else f"{method}_tune_{flag.strip('-')}{value}_s{SEEDS[0]}"
+            acc = f"{100 * done[name]['accuracy']:.2f}" if name in done else "not run yet"
+            lines.append(f"| {method} | `{flag}` | {value}{' (default)' if value == default else ''} | {acc} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(out: str, settings: list[str]) -> str:
+    settings = [s for s in settings if s != "tune"]
     cells = summary(out, settings)
     lines = [
         "SST-2 dev accuracy (872 sentences) of all-MiniLM-L6-v2 after `scripts/demo.py` (600 steps) with each method;",
@@ -148,7 +194,7 @@ def markdown(out: str, settings: list[str]) -> str:
         "Linear weights. Built by `python scripts/compare_methods.py`; the command of each cell's first seed is shown",
         "(add `--seed S` and `--output_dir` for the others).",
         "",
-        "| setting | method | seeds | SST-2 accuracy | per seed | sparsity | minutes/run | command |",
+        "| setting | method | seeds | SST-2 accuracy | per seed | sparsity | minutes/run | command (first seed) |",
         "|---|---|---:|---:|---|---:|---:|---|",
     ]
     for (setting, method), cell in cells.items():
@@ -166,7 +212,8 @@ def markdown(out: str, settings: list[str]) -> str:
             f"| {label} | {method} | {len(accs)} | {mean:.2f}{spread} | {per_seed} | {cell['sparsity']:.4f} | "
             f"{sum(cell['minutes']) / len(accs):.1f} | `{command_of(argv)}` |"
         )
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + "\nEach method's own knob at 90% uniform, seed 42 (`--settings tune`):\n\n" + tuning_markdown(out)
 
 
 def plot(out: str, settings: list[str], path: str) -> None:
@@ -176,7 +223,7 @@ def plot(out: str, settings: list[str], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = summary(out, settings)
+    cells = summary(out, [s for s in settings if s != "tune"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     dense = cells.get(("90u", "dense"), {}).get("accs", [])
     if dense:
@@ -189,6 +236,8 @@ def plot(out: str, settings: list[str], path: str) -> None:
         for method, color in colors.items():
             points = []
             for setting in settings:
+                if setting == "tune":
+                    continue
                 label, sparsity, flags, _ = SETTINGS[setting]
                 if "unstructured" not in label or distribution not in label or "KD" in label:
                     continue
@@ -221,7 +270,7 @@ def write_outputs(out: str, settings: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "compare_minilm_sst2"))
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=ORDER, choices=ORDER)
     parser.add_argument("--table_only", action="store_true", help="Only rebuild the table and plot.")
     parser.add_argument("--list", action="store_true", help="Print every run and its command, then stop.")
     args = parser.parse_args(argv)
@@ -239,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             # and methods added since the grid started, are picked up.
             methods, done = available_methods(), load_results(args.out, table)
             todo = [n for n, (_, m, _, _) in table.items() if n not in done and n not in failed and m in methods]
+            todo.sort(key=lambda n: priority(*table[n][:3]))  # stable: table order within a priority
             if not todo:
                 break
             name = todo[0]
