@@ -1,7 +1,7 @@
 """Pruning state in Trainer checkpoints: `pruning_state.safetensors` (budgets, hardened masks) and the config.
 
 Checkpoints keep the dense weights under their usual state_dict keys (and learnable scores, for the methods that
-have them, under `pdp_scores.*`); this file holds what else a resumed run needs to continue exactly: the per-group
+have them, under `pdp_scores.scores.*`); this file holds what else a resumed run needs to continue exactly: the per-group
 budgets fixed at pruning start, the method's own tensors (`method.<group>.<name>`, e.g. SMART's lambda) and, once
 hardened, each group's unit-level keep-mask (for `unstructured` a weight-shaped mask named after its module, as in
 pdp_hf 0.1).
@@ -74,6 +74,7 @@ def load_state(pruner, directory: str) -> None:
         pruner.hardened = json.loads(meta.get("hardened", "false"))
         for group in pruner.groups:
             group.state.clear()  # nothing from an earlier run in this process may survive
+            group._forward_cache = None
             if pruner.hardened:
                 mask = f.get_tensor(f"mask.{group.name}")
                 if tuple(mask.shape) != tuple(group.unit_shape):

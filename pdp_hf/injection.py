@@ -47,13 +47,23 @@ class PrunedLinear(nn.Linear):
         group, member = self.pdp_group, self.pdp_member
         if group.hard_mask is not None:
             if group.keeps_zeros:  # zeros in place, gradients masked: no pass over the weight in forward
-                return group.zeros_kept(member, self)
-            return group.hard_masked(member, self)
+                return self._tie_score(*group.zeros_kept(member, self))
+            return self._tie_score(*group.hard_masked(member, self))
         if group.zeros == 0 and not (self.training and self.pdp_method.masks_before_pruning):
-            return self.weight, self.bias
+            return self._tie_score(self.weight, self.bias)
         if self.training:
             return self.pdp_method.train_weight(group, member, self)
         return self.pdp_method.eval_weight(group, member, self)
+
+    def _tie_score(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Under DDP, learned scores the forward does not use (dense stage, after hardening) still get a (zero)
+        gradient: DDP without find_unused_parameters (Trainer's choice with gradient checkpointing) expects one for
+        every parameter at every step. One group member carries the score into the graph."""
+        score = self.pdp_group.score
+        if (score is None or not self.training or not torch.is_grad_enabled() or self.pdp_member is not self.pdp_group.members[0]
+                or not (torch.distributed.is_available() and torch.distributed.is_initialized())):
+            return weight, bias
+        return _ZeroGradTie.apply(weight, score), bias
 
     def _apply(self, fn, recurse=True):
         # The mask state is not made of buffers (DDP would broadcast those every step); it follows .to()/.cuda()
@@ -70,7 +80,8 @@ class PrunedLinear(nn.Linear):
 class PruningScores(nn.Module):
     """The learnable unit scores of a method with `learnable_scores` (SMART, movement), one parameter per unit
     group, attached to the model as `model.pdp_scores`: `model.parameters()`, DDP's gradient all-reduce, `.to()`
-    and Trainer checkpoints (`pdp_scores.<group>` keys beside the weights) all see them. `finalize_pruning`
+    and Trainer checkpoints (keys `pdp_scores.scores.<group name with "." as "__">` beside the weights) all see
+    them. `finalize_pruning`
     removes the module, so exports hold no trace of it."""
 
     def __init__(self, scores: dict[str, torch.Tensor]):
@@ -83,6 +94,20 @@ class PruningScores(nn.Module):
 
     def __getitem__(self, group_name: str) -> nn.Parameter:
         return self.scores[self.key(group_name)]
+
+
+class _ZeroGradTie(torch.autograd.Function):
+    """Identity on `weight`; gives `score` a zero gradient (so DDP sees it used) without reading it."""
+
+    @staticmethod
+    def forward(ctx, weight, score):
+        ctx.score_meta = (score.shape, score.dtype, score.device)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, dtype, device = ctx.score_meta
+        return grad, torch.zeros(shape, dtype=dtype, device=device)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -145,6 +170,8 @@ class Pruner:
             raise RuntimeError("Call Pruner.set_total_steps(n) before Pruner.step(); PrunerTrainer does it for you.")
         if self.hardened:
             return
+        for group in self.groups:  # a value cached by an interrupted forward must not outlive a mask change
+            group._forward_cache = None
         if step >= schedule.start and self.budgets is None:
             self.budgets = self.compute_budgets()
             self._warn_pre_pruned()
@@ -195,14 +222,16 @@ class Pruner:
 
     @torch.no_grad()
     def non_finite_modules(self) -> list[str]:
-        return [name for name, m in self.modules.items() if not bool(torch.isfinite(m.weight).all())]
+        bad = [name for name, m in self.modules.items() if not bool(torch.isfinite(m.weight).all())]
+        bad += [f"{SCORES_ATTR} of {g.name}" for g in self.groups if g.score is not None and not bool(torch.isfinite(g.score).all())]
+        return bad
 
     def check_finite(self, when: str) -> None:
         """Raise FloatingPointError naming every targeted module whose weight holds NaN or Inf."""
         bad = self.non_finite_modules()
         if bad:
             raise FloatingPointError(
-                f"NaN/Inf in the weight of {bad} at {when}; pruning cannot rank such weights. Lower the learning "
+                f"NaN/Inf in the weight (or learned scores) of {bad} at {when}; pruning cannot rank them. Lower the learning "
                 "rate, enable gradient clipping (max_grad_norm), or use bf16 instead of fp16."
             )
 
@@ -245,12 +274,21 @@ class Pruner:
         inner = optimizer
         while not hasattr(inner, "param_groups") and hasattr(inner, "optimizer"):
             inner = inner.optimizer
-        held = {id(p) for group in getattr(inner, "param_groups", []) for p in group["params"]}
+        groups = getattr(inner, "param_groups", [])
+        held = {id(p): group for group in groups for p in group["params"]}
         if not all(id(p) in held for p in scores):
             raise ValueError(
                 f"Method {self.config.method!r} learns unit scores, but the optimizer does not hold them. Add "
                 "pruner.optimizer_param_groups() to its parameter groups (PrunerTrainer does this when it creates the "
                 "optimizer; with Trainer(optimizers=...) build the optimizer with them)."
+            )
+        group = held[id(scores[0])]
+        lr, decay = group.get("lr"), group.get("weight_decay", 0.0)
+        if lr != self.config.score_learning_rate or decay:
+            logger.warning(
+                "pdp_hf: the learned scores train with lr=%s and weight_decay=%s, not score_learning_rate=%s and no "
+                "weight decay; build the optimizer with pruner.optimizer_param_groups() to get those.",
+                lr, decay, self.config.score_learning_rate,
             )
 
     @torch.no_grad()
@@ -276,6 +314,7 @@ class Pruner:
         if self.budgets is None:
             self.budgets = self.compute_budgets()
         for group in self.groups:
+            group._forward_cache = None
             group.zeros = self.budgets[group.name]
             group.hard_mask = self.method.hard_mask(group, group.zeros)
             self.method.remove_group(group)
@@ -357,10 +396,11 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     names = find_targets(model, config.target_modules)
     groups = build_unit_groups(model, names, config)
     method = get_method(config.method).from_config(config)
-    if method.learnable_scores and any(g.kind == "n:m" or config.target_sparsity > 0 for g in groups):
-        scores = PruningScores({g.name: method.init_scores(g) for g in groups})
+    masked = [g for g in groups if g.kind == "n:m" or config.target_sparsity > 0]  # the others stay plain Linear
+    if method.learnable_scores and masked:
+        scores = PruningScores({g.name: method.init_scores(g) for g in masked})
         model.add_module(SCORES_ATTR, scores)
-        for group in groups:
+        for group in masked:
             group.score = scores[group.name]
     for group in groups:
         method.init_group(group)

@@ -1,6 +1,6 @@
 """Worker for tests/test_distributed.py: PrunerTrainer under torchrun (gloo, CPU) or in a single process.
 
-    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH [METHOD]
+    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH [METHOD [checkpointing]]
     python tests/ddp_worker.py OUT_DIR GLOBAL_BATCH [METHOD]   # the single-process reference
 
 Writes OUT_DIR/rank{R}.safetensors: the final (finalized) weights, the hard masks seen at hardening and, for
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.conftest import text_dataset  # noqa: E402
 
 
-def main(out_dir: str, batch: int, method: str = "pdp") -> None:
+def main(out_dir: str, batch: int, method: str = "pdp", checkpointing: str = "") -> None:
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", 0))
     torch.manual_seed(0)
@@ -43,6 +43,8 @@ def main(out_dir: str, batch: int, method: str = "pdp") -> None:
         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
         ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
         dataloader_num_workers=0, logging_steps=100,
+        # Trainer then builds DDP without find_unused_parameters: every parameter needs a gradient at every step
+        activation_checkpointing=checkpointing == "checkpointing",
     )
     trainer = PrunerTrainer(
         model=model, args=args, train_dataset=text_dataset(128), callbacks=[GrabMasks()],

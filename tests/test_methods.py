@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, HfArgumentParser
 
-from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, get_pruner, sparsity_report
+from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, finalize_pruning, get_pruner, sparsity_report
 from pdp_hf.methods.smart import SmartMethod
 from pdp_hf.schedules import PruningSchedule
 from pdp_hf.topk import solve_lambda
@@ -81,6 +81,23 @@ def test_an_optimizer_without_the_scores_is_a_clear_error(make_args):
                             pdp_config=PDPConfig(method="movement", target_sparsity=0.5), optimizers=(optimizer, None))
     with pytest.raises(ValueError, match="optimizer does not hold them.*optimizer_param_groups"):
         trainer.train()
+
+
+def test_scores_only_for_groups_that_are_masked():
+    config = PDPConfig(method="smart", granularity="attention=n:m,ffn=neuron", target_sparsity=0.0)
+    model = apply_pruning(tiny_bert(), config)
+    pruner = get_pruner(model)
+    with_scores = {g.kind for g in pruner.groups if g.score is not None}
+    assert with_scores == {"n:m"}  # at target 0 the neuron groups stay plain Linear layers: no scores to train
+    assert len(pruner.score_parameters()) == len(list(model.pdp_scores.parameters())) == 8
+
+
+def test_non_finite_scores_are_named():
+    model, pruner = smart_model("neuron", target_sparsity=0.5)
+    with torch.no_grad():
+        pruner.groups[0].score[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="pdp_scores of bert.encoder.layer.0"):
+        pruner.step(10)
 
 
 def test_pdp_and_magnitude_have_no_scores():
@@ -166,8 +183,9 @@ def test_smart_temperature_decays_geometrically_over_the_ramp():
 
 def test_smart_scores_start_as_normalized_unit_norms():
     model, pruner = smart_model("neuron", target_sparsity=0.5)
-    for group in pruner.groups:
-        norms = group.squared_norms().detach().sqrt()
+    for group in pruner.groups:  # a neuron's norm over its FFN-in row, bias excluded, and its FFN-out column
+        ffn_in, ffn_out = (m.module.weight.detach() for m in group.members)
+        norms = (ffn_in.square().sum(1) + ffn_out.square().sum(0)).sqrt()
         torch.testing.assert_close(group.score.detach(), norms / norms.mean())
 
 
@@ -179,17 +197,36 @@ def test_movement_scores_get_minus_w_times_the_weight_gradient_straight_through(
     pruner = get_pruner(model)
     pruner.set_total_steps(10)
     pruner.step(2)  # a quarter pruned: the straight-through gradient reaches pruned units too
+    masked = {}
+    original = pruner.method.train_weight
+
+    def keep_masked_weight(group, member, module):  # W' = W * M as the forward uses it, to read dL/dW'
+        weight, bias = original(group, member, module)
+        weight.retain_grad()
+        masked[group.name] = weight
+        return weight, bias
+
+    pruner.method.train_weight = keep_masked_weight
     inputs = {"input_ids": torch.randint(1, 60, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])}
     model(**inputs).loss.backward()
     for group in pruner.groups:
         module = group.members[0].module
         keep = group.state["keep"].float()
-        # dL/dW = dL/dW' * keep, so dL/dW' is recoverable on kept weights; the score gets dL/dW' * W there
-        kept = keep.bool()
-        expected = module.weight.grad[kept] * module.weight.detach()[kept]
-        torch.testing.assert_close(group.score.grad[kept], expected, rtol=1e-5, atol=1e-8)
-        assert float(group.score.grad[~kept].abs().sum()) > 0  # pruned weights' scores still learn
-        assert int((keep == 0).sum()) == pytest.approx(0.25 * keep.numel(), abs=1)
+        grad_masked = masked[group.name].grad
+        torch.testing.assert_close(group.score.grad, grad_masked * module.weight.detach(), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(module.weight.grad, grad_masked * keep, rtol=0, atol=0)  # dL/dW = dL/dW' * M
+        assert float(group.score.grad[keep == 0].abs().sum()) > 0  # pruned weights' scores still learn
+        assert int((keep == 0).sum()) == round(0.25 * keep.numel())
+
+
+@pytest.mark.parametrize("granularity,kw", [("unstructured", dict(target_sparsity=0.75)), ("neuron", dict(target_sparsity=0.5)),
+                                            ("n:m", {})])
+def test_equal_scores_rank_by_magnitude_not_position(granularity, kw):
+    """Movement's scores all start at 0: finalized before any training, it must prune what magnitude prunes."""
+    moved = finalize_pruning(apply_pruning(tiny_bert(), PDPConfig(method="movement", granularity=granularity, **kw)))
+    plain = finalize_pruning(apply_pruning(tiny_bert(), PDPConfig(method="magnitude", granularity=granularity, **kw)))
+    for (name, a), (_, b) in zip(moved.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a == 0, b == 0), name
 
 
 def test_movement_scores_learn_before_pruning_starts(make_args):

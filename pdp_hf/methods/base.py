@@ -153,13 +153,27 @@ class MaskMethod:
         group.state.clear()
 
 
+def rank_order(primary: torch.Tensor, secondary: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Indices along `dim` sorting by `primary` ascending, ties broken by `secondary` ascending (two stable sorts).
+
+    >>> rank_order(torch.tensor([0.0, 0.0, -1.0]), torch.tensor([0.5, 0.1, 0.9])).tolist()
+    [2, 1, 0]
+    """
+    first = torch.sort(secondary, dim=dim, stable=True).indices
+    second = torch.sort(torch.gather(primary, dim, first), dim=dim, stable=True).indices
+    return torch.gather(first, dim, second)
+
+
 def learned_hard_mask(group: UnitGroup, zeros: int) -> torch.Tensor:
     """Exact keep-mask from the learned scores `group.score`: the `zeros` lowest-scored units pruned (N:M: in each of
-    the `zeros` groups selected by weight magnitude, as the ramp selects them, the N highest-scored weights stay)."""
-    score = group.score.detach().float()
+    the `zeros` groups selected by weight magnitude, as the ramp selects them, the N highest-scored weights stay).
+    Equal scores (movement's all start at 0) are ranked by the units' norms, so a tie never prunes by position."""
+    score, norms = group.score.detach().float(), group.scores()
     if group.kind != "n:m":
-        return hard_mask_from_scores(score, zeros)
+        keep = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
+        keep[rank_order(score.reshape(-1), norms.reshape(-1))[:zeros]] = False
+        return keep.view(score.shape)
     m, n = group.m, group.n
-    order = torch.sort(score, dim=-1).indices
+    order = rank_order(score, norms)
     keep = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, order[..., m - n :], True)
-    return keep | ~nm_selected_groups(group.scores(), n, zeros)
+    return keep | ~nm_selected_groups(norms, n, zeros)

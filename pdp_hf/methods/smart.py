@@ -83,6 +83,7 @@ class SmartMethod(MaskMethod):
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
         state, tau = group.state, self.temperature
         state["tau"] = tau
+        state.pop("eval_keep", None)
         score = group.score.detach().float()
         if group.kind == "n:m":
             selected = nm_selected_groups(group.scores(), group.n, zeros)
@@ -119,6 +120,12 @@ class SmartMethod(MaskMethod):
 
     def hard_mask(self, group: UnitGroup, zeros: int) -> torch.Tensor:
         return learned_hard_mask(group, zeros)
+
+    def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
+        # one exact top-k per optimizer step (the scores only change there), not one per eval forward and member
+        if "eval_keep" not in group.state:
+            group.state["eval_keep"] = self.hard_mask(group, group.zeros)
+        return group.state["eval_keep"]
 
     @torch.no_grad()
     def mask_gap(self, group: UnitGroup) -> torch.Tensor:
