@@ -231,7 +231,7 @@ class Pruner:
         bad = self.non_finite_modules()
         if bad:
             raise FloatingPointError(
-                f"NaN/Inf in the weight (or learned scores) of {bad} at {when}; pruning cannot rank them. Lower the learning "
+                f"NaN/Inf in the weight of {bad} at {when}; pruning cannot rank such weights. Lower the learning "
                 "rate, enable gradient clipping (max_grad_norm), or use bf16 instead of fp16."
             )
 
