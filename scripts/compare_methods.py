@@ -166,6 +166,8 @@ def summary(out: str, settings: list[str]) -> dict[tuple[str, str], dict]:
     cells: dict[tuple[str, str], dict] = {}
     for name, (setting, method, seed, argv) in table.items():
         cell = cells.setdefault((setting, method), {"accs": [], "seeds": [], "minutes": [], "argv": argv})
+        if name in results and not cell["accs"]:
+            cell["argv"] = argv  # the exact command of the first seed that finished
         if name in results:
             r = results[name]
             cell["accs"].append(100 * r["accuracy"])
@@ -193,8 +195,9 @@ def markdown(out: str, settings: list[str]) -> str:
     lines = [
         "SST-2 dev accuracy (872 sentences) of all-MiniLM-L6-v2 after `scripts/demo.py` (600 steps) with each method;",
         "mean ± sample standard deviation over the seeds that finished. Sparsity: zeros in the targeted encoder",
-        "Linear weights. Built by `python scripts/compare_methods.py`; the command of each cell's first seed is shown",
-        "(add `--seed S` and `--output_dir` for the others).",
+        "Linear weights. Built by `python scripts/compare_methods.py`; the exact command of each cell's first finished",
+        "seed is shown (the other seeds differ in `--seed` and `--output_dir`). Minutes are wall time on the 2-core",
+        "machine, inflated where other work shared the cores.",
         "",
         "| setting | method | seeds | SST-2 accuracy | per seed | sparsity | minutes/run | command (first seed) |",
         "|---|---|---:|---:|---|---:|---:|---|",
@@ -208,8 +211,7 @@ def markdown(out: str, settings: list[str]) -> str:
         mean, std = mean_std(accs)
         spread = f" ± {std:.2f}" if len(accs) > 1 else ""
         per_seed = ", ".join(f"{a:.2f}" for a in accs)
-        argv = [a for a in cell["argv"] if a not in ("--seed",)]
-        argv = [a for i, a in enumerate(argv) if not (i and argv[i - 1] == "--output_dir") and a != "--output_dir"]
+        argv = cell["argv"]
         lines.append(
             f"| {label} | {method} | {len(accs)} | {mean:.2f}{spread} | {per_seed} | {cell['sparsity']:.4f} | "
             f"{sum(cell['minutes']) / len(accs):.1f} | `{command_of(argv)}` |"
