@@ -54,6 +54,17 @@ def test_learned_methods_reach_the_exact_target_and_export_plain(factory, datase
     assert get_method(method).description in open(f"{folder}/README.md", encoding="utf-8").read()
 
 
+@pytest.mark.parametrize("method", LEARNED)
+def test_learned_methods_train_under_bf16_autocast(method, make_args):
+    model = tiny_bert()
+    config = PDPConfig(method=method, target_sparsity=0.75, **SCHEDULE)
+    trainer = PrunerTrainer(model=model, args=make_args(max_steps=12, bf16=True), train_dataset=text_dataset(), pdp_config=config)
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+    for row in sparsity_report(model, config=config)["modules"].values():
+        assert row["zeros"] == round(0.75 * row["numel"])
+
+
 def test_scores_get_their_own_optimizer_group_and_learn(make_args):
     model = tiny_bert()
     config = PDPConfig(method="smart", target_sparsity=0.5, score_learning_rate=0.05, **SCHEDULE)
