@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 
+import torch
+
 from .config import RUNTIME_FIELDS, PDPConfig
 
 STATE_NAME = "pruning_state.safetensors"
@@ -90,3 +92,31 @@ def load_state(pruner, directory: str) -> None:
                 saved = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
                 pruner.method.load_state_tensors(group, saved)
             group.keeps_zeros, group._keep_factors = False, None  # Pruner.set_optimizer (train begin) sets it again
+    if pruner.score_parameters():
+        _load_scores(pruner, directory)
+
+
+def _load_scores(pruner, directory: str) -> None:
+    """Copy the learned scores (`pdp_scores.*`, saved with the checkpoint's weights) into the pruner's groups, so a
+    checkpoint loaded outside Trainer (`pdp-hf export CHECKPOINT`) keeps its learned masks. (Trainer's resume loads
+    the same values with the weights.)"""
+    from safetensors import safe_open
+
+    from .injection import SCORES_ATTR, PruningScores
+
+    keys = {f"{SCORES_ATTR}.scores.{PruningScores.key(g.name)}": g for g in pruner.groups if g.score is not None}
+    files = [os.path.join(directory, f) for f in sorted(os.listdir(directory)) if f.endswith(".safetensors") and f != STATE_NAME]
+    found = {}
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for key in set(f.keys()) & set(keys):
+                found[key] = f.get_tensor(key)
+    missing = sorted(set(keys) - set(found))
+    if missing:
+        raise ValueError(
+            f"Checkpoint {directory} has no learned scores for {len(missing)} unit groups (e.g. {missing[0]}); method "
+            f"{pruner.config.method!r} needs them. Was it written by PrunerTrainer with this method?"
+        )
+    with torch.no_grad():
+        for key, group in keys.items():
+            group.score.copy_(found[key].to(group.score.device, group.score.dtype))

@@ -284,6 +284,28 @@ def test_resume_mid_ramp_is_bit_identical(tmp_path, method, name):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
 
 
+def test_cli_export_of_a_mid_ramp_checkpoint_uses_its_learned_scores(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from pdp_hf.cli import main
+    from pdp_hf.injection import PruningScores
+
+    out = tmp_path / "ramp"
+    config = PDPConfig(method="smart", target_sparsity=0.8, pruning_start=2, pruning_end=12, harden_at=16)
+    PrunerTrainer(model=tiny_bert(), args=training_args(out, save_strategy="steps", save_steps=6),
+                  train_dataset=text_dataset(), pdp_config=config).train()
+    assert main(["export", str(out / "checkpoint-6"), str(tmp_path / "exp")]) == 0
+    saved = load_file(str(out / "checkpoint-6" / "model.safetensors"))
+    exported = load_file(str(tmp_path / "exp" / "model.safetensors"))
+    assert not [k for k in exported if "pdp_scores" in k]
+    for name in ("bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.dense"):
+        score = saved[f"pdp_scores.scores.{PruningScores.key(name)}"].view(-1)
+        zeros = round(0.8 * score.numel())  # export finalizes: the whole budget, pruned by the scores learned so far
+        expected = torch.ones_like(score, dtype=torch.bool)
+        expected[torch.topk(score, zeros, largest=False).indices] = False  # the lowest learned scores
+        assert torch.equal(exported[f"{name}.weight"].view(-1) != 0, expected), name
+
+
 def test_method_settings_are_validated_by_their_method_only(caplog):
     with pytest.raises(ValueError, match="smart_temperature_end"):
         PDPConfig(method="smart", smart_temperature_end=2.0)
