@@ -22,8 +22,9 @@ def _load_pruning(path: str):
     from .compressed import load_pruned
     from .injection import apply_pruning, get_pruner
 
-    model = load_pruned(path)
     config = PDPConfig.from_pretrained(path) if os.path.isfile(os.path.join(path, PRUNING_CONFIG_NAME)) else None
+    checkpoint = config is not None and os.path.isfile(os.path.join(path, STATE_NAME))
+    model = _load_quietly(path) if checkpoint else load_pruned(path)
     if config is not None and os.path.isfile(os.path.join(path, STATE_NAME)):
         apply_pruning(model, config)
         pruner = get_pruner(model)
@@ -36,6 +37,21 @@ def _load_pruning(path: str):
             pruner.set_total_steps(state["max_steps"])
             pruner.step(state["global_step"])
     return model, config
+
+
+def _load_quietly(path: str):
+    """`load_pruned` of a training checkpoint without Transformers' report of the `pdp_scores.*` keys as unexpected:
+    `Pruner.load_state` puts them back into the scores right after."""
+    from transformers.utils import logging as hf_logging
+
+    from .compressed import load_pruned
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return load_pruned(path)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def cmd_report(args) -> int:

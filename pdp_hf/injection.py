@@ -88,6 +88,15 @@ class PruningScores(nn.Module):
         super().__init__()
         self.scores = nn.ParameterDict({self.key(name): nn.Parameter(value) for name, value in scores.items()})
 
+    def _apply(self, fn, recurse=True):
+        # Follow the model's device, never its dtype: scores in bf16 or fp16 hold only a few thousand distinct values
+        # (Adam's small steps round away, the soft top-k sees ties), so they stay float32 after model.half().
+        def same_dtype(tensor):
+            moved = fn(tensor)
+            return moved if moved.dtype == tensor.dtype else tensor.to(moved.device)
+
+        return super()._apply(same_dtype, recurse)
+
     @staticmethod
     def key(group_name: str) -> str:
         return group_name.replace(".", "__")  # ParameterDict keys cannot hold dots
@@ -274,6 +283,8 @@ class Pruner:
         inner = optimizer
         while not hasattr(inner, "param_groups") and hasattr(inner, "optimizer"):
             inner = inner.optimizer
+        if type(inner).__module__.startswith("deepspeed"):
+            return  # ZeRO replaces each group's params with flat partitions: nothing to compare them with
         groups = getattr(inner, "param_groups", [])
         held = {id(p): group for group in groups for p in group["params"]}
         if not all(id(p) in held for p in scores):

@@ -94,7 +94,8 @@ def sparsity_report(model: nn.Module, target_modules: list[str] | None = None, c
         }
         total_numel += numel
         total_zeros += zeros
-    all_params = sum(p.numel() for p in model.parameters())
+    # the model's own parameters: learned mask scores (pdp_scores, while masks are live) are not part of it
+    all_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("pdp_scores."))
     return {
         "convention": CONVENTION,
         "modules": rows,

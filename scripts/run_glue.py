@@ -41,6 +41,7 @@ from transformers import (
 
 from pdp_hf import PDPConfig, PrunerTrainer
 from pdp_hf.args import parse_script_args
+from pdp_hf.checkpoint import STATE_NAME
 from pdp_hf.glue import GLUE_TASKS, is_regression, label_list, load_glue, num_labels, split_names
 from pdp_hf.hub import take_over_push
 from pdp_hf.metrics import load_glue_metric
@@ -153,6 +154,14 @@ def main(argv: list[str] | None = None) -> dict:
     dev_splits = [s for s in split_names(task, "dev") if s in data]
 
     # 2. Model (and optional teacher) with the task's head.
+    if not training_args.do_train and os.path.isfile(os.path.join(model_args.model_name_or_path, STATE_NAME)):
+        # a PrunerTrainer checkpoint holds the dense weights (and learned scores) beside its masks' state; plain
+        # from_pretrained would evaluate the dense model
+        raise ValueError(
+            f"{model_args.model_name_or_path} is a PrunerTrainer checkpoint, whose masks are not in its weights. Export "
+            f"it first (pdp-hf export {model_args.model_name_or_path} OUT), then evaluate OUT; or resume training "
+            "with --do_train --resume_from_checkpoint."
+        )
     model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         num_labels=num_labels(task),

@@ -111,6 +111,31 @@ def test_non_finite_scores_are_named():
         pruner.step(10)
 
 
+def test_scores_stay_float32_when_the_model_is_cast_and_are_not_counted_as_model_parameters():
+    model = apply_pruning(tiny_bert(), PDPConfig(method="smart", target_sparsity=0.5)).to(torch.bfloat16)
+    pruner = get_pruner(model)
+    assert {s.dtype for s in pruner.score_parameters()} == {torch.float32}
+    assert model.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    own = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("pdp_scores."))
+    assert sparsity_report(model)["model"]["parameters"] == own == sum(p.numel() for p in tiny_bert().parameters())
+
+
+def test_movement_eval_uses_the_current_scores():
+    config = PDPConfig(method="movement", target_sparsity=0.5, pruning_start=0, pruning_end=4, harden_at=None)
+    model = apply_pruning(tiny_bert(), config)
+    pruner = get_pruner(model)
+    pruner.set_total_steps(10)
+    pruner.step(2)
+    group = pruner.groups[0]
+    with torch.no_grad():  # an optimizer step moves the scores after the step's update
+        group.score.copy_(torch.randn_like(group.score))
+    module = group.members[0].module
+    model.eval()
+    weight, _ = module.pruned_weight_and_bias()
+    expected = group.masked(pruner.method.hard_mask(group, group.zeros), group.members[0])[0]
+    assert torch.equal(weight, expected)
+
+
 def test_pdp_and_magnitude_have_no_scores():
     for method in ("pdp", "magnitude"):
         model = apply_pruning(tiny_bert(), PDPConfig(method=method))

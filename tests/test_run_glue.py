@@ -216,6 +216,18 @@ def test_eval_only_on_a_shrunk_export_reports_the_sparsity_it_was_pruned_to(mode
     assert summary["sparsity"] == round(expected, 4)  # not 0.0: the cut neurons hold no zeros in the shrunk file
 
 
+def test_eval_only_refuses_a_training_checkpoint(model_dir, glue_dir, tmp_path):
+    from pdp_hf import PrunerTrainer
+    from tests.conftest import training_args
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    trainer = PrunerTrainer(model=model, args=training_args(tmp_path / "run"), pdp_config=PDPConfig(method="smart"),
+                            processing_class=BertTokenizerFast.from_pretrained(model_dir))
+    trainer.save_model(str(tmp_path / "checkpoint"))  # weights + scores + pruning state, masks not baked in
+    with pytest.raises(ValueError, match="is a PrunerTrainer checkpoint.*pdp-hf export"):
+        load_script().main(args_for("sst2", tmp_path / "checkpoint", glue_dir, tmp_path / "eval", phases=("--do_eval",)))
+
+
 @pytest.mark.parametrize("task", ["sst2", "stsb", "mnli"])
 def test_predict_writes_glue_submission_files(task, model_dir, glue_dir, tmp_path, monkeypatch):
     descs, original = [], TrainingArguments.main_process_first

@@ -47,6 +47,7 @@ class MovementMethod(MaskMethod):
 
     @torch.no_grad()
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
+        group.state.pop("eval_keep", None)
         keep = None
         if not (exact or group.kind == "n:m" or zeros >= group.num_units):
             # between refreshes, a cut estimated from the fixed sample (count off by about 0.1% of the units) ...
@@ -73,8 +74,10 @@ class MovementMethod(MaskMethod):
         return weight.to(dtype), bias if bias is None else bias.to(dtype)
 
     def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
-        keep = group.state.get("keep")
-        return self.hard_mask(group, group.zeros) if keep is None else keep
+        # the exact top-k of the current scores (what finalize would bake in now), once per optimizer step
+        if "eval_keep" not in group.state:
+            group.state["eval_keep"] = self.hard_mask(group, group.zeros)
+        return group.state["eval_keep"]
 
     def hard_mask(self, group: UnitGroup, zeros: int) -> torch.Tensor:
         return learned_hard_mask(group, zeros)
