@@ -7,10 +7,19 @@ weight (and bias). For `unstructured` a unit is one weight, so the mask has the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ..units import Member, UnitGroup
+
+
+def check_positive(config, name: str) -> None:
+    """Raise the PDPConfig-style error unless `config.<name>` is a finite number > 0 (methods' own settings)."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"PDPConfig.{name}={value!r} is invalid: it must be a finite number > 0.")
 
 
 def hard_mask_from_scores(scores: torch.Tensor, zeros: int) -> torch.Tensor:

@@ -16,14 +16,12 @@ pdp_hf's exact budgets and is not provided.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ..selection import sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier
-from .base import MaskMethod, learned_hard_mask
+from .base import MaskMethod, check_positive, learned_hard_mask
 
 _TIE_SLACK = 0.01  # a sampled cut whose kept count misses the budget by more than 1% of the units is not used
 
@@ -37,9 +35,7 @@ class MovementMethod(MaskMethod):
 
     @classmethod
     def check_config(cls, config) -> None:
-        value = config.score_learning_rate
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"PDPConfig.score_learning_rate={value!r} is invalid: it must be a finite number > 0.")
+        check_positive(config, "score_learning_rate")
 
     @torch.no_grad()
     def init_scores(self, group: UnitGroup) -> torch.Tensor:

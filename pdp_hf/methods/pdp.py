@@ -14,15 +14,13 @@ Choices where the paper is silent (documented in README):
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ..kernels import KERNELS
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup
-from .base import MaskMethod, nm_selected_groups
+from .base import MaskMethod, check_positive, nm_selected_groups
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -97,9 +95,7 @@ class PDPMethod(MaskMethod):
     def check_config(cls, config) -> None:
         from ..config import TEMPERATURE_MODES
 
-        value = config.temperature
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
-            raise ValueError(f"PDPConfig.temperature={value!r} is invalid: it must be a finite number > 0.")
+        check_positive(config, "temperature")
         if config.temperature_mode not in TEMPERATURE_MODES:
             raise ValueError(
                 f"PDPConfig.temperature_mode={config.temperature_mode!r} is invalid: choose one of {list(TEMPERATURE_MODES)}."

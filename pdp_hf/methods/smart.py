@@ -24,14 +24,12 @@ Choices where the paper is not recoverable (documented in README, measured in be
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ..topk import soft_topk, solve_lambda
 from ..units import Member, UnitGroup
-from .base import MaskMethod, learned_hard_mask, nm_selected_groups
+from .base import MaskMethod, check_positive, learned_hard_mask, nm_selected_groups
 
 
 class SmartMethod(MaskMethod):
@@ -52,9 +50,7 @@ class SmartMethod(MaskMethod):
     @classmethod
     def check_config(cls, config) -> None:
         for name in cls.config_fields:
-            value = getattr(config, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"PDPConfig.{name}={value!r} is invalid: it must be a finite number > 0.")
+            check_positive(config, name)
         if config.smart_temperature_end > config.smart_temperature_start:
             raise ValueError(
                 f"PDPConfig.smart_temperature_end={config.smart_temperature_end!r} is invalid: the temperature decays, "
