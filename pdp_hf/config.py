@@ -110,6 +110,14 @@ class PDPConfig:
             "Trainer's optimizer in their own parameter group without weight decay (the LR schedule applies)."
         },
     )
+    movement_score_init: str = field(
+        default="zeros",
+        metadata={
+            "help": "(method 'movement') Starting scores: 'zeros' (the paper's constant init: the ranking is learned "
+            "from the weights' movement alone) or 'magnitude' (each unit's norm over the mean norm of its matrix, as "
+            "SMART starts: movement then re-ranks the magnitude order; not in the paper)."
+        },
+    )
     smart_temperature_start: float = field(
         default=1.0,
         metadata={

@@ -42,13 +42,15 @@ METHOD_ARGS = {
 }
 # Each method's own knob, tried at 90% uniform with seed 42 (the issue's "same small budget"): name -> (method, flag,
 # its value in METHOD_ARGS or the PDPConfig default, the other values tried), in the order they run. The default's
-# run is the 90u run itself. Hard movement has no knob here: its mask depends only on the ranking of its scores, and
-# with Adam (their recipe) that ranking barely depends on the score learning rate (README, "Comparing methods").
+# run is the 90u run itself. Hard movement's knob is where its scores start: its mask depends only on the ranking of
+# its scores, and from zero scores under Adam (their recipe) that ranking barely depends on the score learning rate
+# (README, "Comparing methods").
 TUNING = {
     "smart-tau": ("smart", "--smart_temperature_start", "1.0", ("0.3", "3.0")),
     "pdp-tau": ("pdp", "--temperature", "0.05", ("0.02", "0.2")),
     "smart-lr": ("smart", "--score_learning_rate", "0.01", ("0.003", "0.03")),
     "magnitude-schedule": ("magnitude", "--sparsity_schedule", "cubic", ("linear",)),
+    "movement-init": ("movement", "--movement_score_init", "zeros", ("magnitude",)),
 }
 TUNE_FLAGS = ["--target_sparsity", "0.9", "--sparsity_distribution", "uniform"]
 # setting -> (label, sparsity for the plot, demo flags, methods); in the order the grid runs them
@@ -103,13 +105,13 @@ def runs(settings: list[str], seeds=SEEDS) -> dict[str, tuple[str, str, int, lis
 
 def priority(setting: str, method: str, seed: int) -> int:
     """The order of the grid, for a machine that runs about 14 runs per 3-hour session: every method at seed 42 of 90%
-    uniform; magnitude's schedule (the baseline's own knob); the other seeds of 90% uniform for the methods that train
+    uniform; magnitude's schedule (the baseline's own knob) and movement's score init; the other seeds of 90% uniform for the methods that train
     (movement's collapse is clear from one seed, so its seeds wait); the structured setting at seed 42 (the SMART vs
     magnitude goal); then movement's seeds, the remaining knob values and everything else."""
     if setting == "90u" and seed == SEEDS[0]:
         return 0
     if setting == "tune":
-        return 1 if method == "magnitude" else 5
+        return 1 if method in ("magnitude", "movement") else 5
     if setting == "90u":
         return 2 if method != "movement" else 4
     if setting == "n50u" and seed == SEEDS[0]:

@@ -255,14 +255,27 @@ def test_movement_scores_get_minus_w_times_the_weight_gradient_straight_through(
         assert int((keep == 0).sum()) == round(0.25 * keep.numel())
 
 
+@pytest.mark.parametrize("score_init", ["zeros", "magnitude"])
 @pytest.mark.parametrize("granularity,kw", [("unstructured", dict(target_sparsity=0.75)), ("neuron", dict(target_sparsity=0.5)),
                                             ("n:m", {})])
-def test_equal_scores_rank_by_magnitude_not_position(granularity, kw):
-    """Movement's scores all start at 0: finalized before any training, it must prune what magnitude prunes."""
-    moved = finalize_pruning(apply_pruning(tiny_bert(), PDPConfig(method="movement", granularity=granularity, **kw)))
+def test_untrained_movement_prunes_what_magnitude_prunes(granularity, kw, score_init):
+    """Finalized before any training, movement must prune what magnitude prunes: with zero scores because ties rank
+    by magnitude (not position), with magnitude-started scores because they are the magnitude order."""
+    config = PDPConfig(method="movement", granularity=granularity, movement_score_init=score_init, **kw)
+    moved = finalize_pruning(apply_pruning(tiny_bert(), config))
     plain = finalize_pruning(apply_pruning(tiny_bert(), PDPConfig(method="magnitude", granularity=granularity, **kw)))
     for (name, a), (_, b) in zip(moved.state_dict().items(), plain.state_dict().items()):
         assert torch.equal(a == 0, b == 0), name
+
+
+def test_movement_magnitude_init_is_each_weight_over_the_mean_weight():
+    model = apply_pruning(tiny_bert(), PDPConfig(method="movement", target_sparsity=0.5, movement_score_init="magnitude"))
+    pruner = get_pruner(model)
+    for group in pruner.groups[:3]:
+        weight = group.members[0].module.weight.detach().abs()
+        torch.testing.assert_close(group.score.detach(), weight / weight.mean())
+    zeros = apply_pruning(tiny_bert(), PDPConfig(method="movement", target_sparsity=0.5))
+    assert all(float(s.detach().abs().sum()) == 0 for s in get_pruner(zeros).score_parameters())
 
 
 def test_movement_scores_learn_before_pruning_starts(make_args):
@@ -336,6 +349,8 @@ def test_method_settings_are_validated_by_their_method_only(caplog):
         PDPConfig(method="smart", smart_temperature_end=2.0)
     with pytest.raises(ValueError, match="score_learning_rate"):
         PDPConfig(method="movement", score_learning_rate=0)
+    with pytest.raises(ValueError, match="movement_score_init"):
+        PDPConfig(method="movement", movement_score_init="uniform")
     with pytest.raises(ValueError, match="temperature"):
         PDPConfig(method="pdp", temperature=-1)
     with caplog.at_level(logging.WARNING, logger="pdp_hf.config"):

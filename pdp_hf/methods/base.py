@@ -162,6 +162,14 @@ class MaskMethod:
         group.state.clear()
 
 
+@torch.no_grad()
+def relative_norms(group: UnitGroup) -> torch.Tensor:
+    """Each unit's norm over the mean unit norm of its matrix (N:M: ranked within each group of M), float32: the
+    starting scores of learned methods that begin from the magnitude order."""
+    norms = group.scores()
+    return norms / norms.mean().clamp_min(torch.finfo(torch.float32).tiny)
+
+
 def rank_order(primary: torch.Tensor, secondary: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Indices along `dim` sorting by `primary` ascending, ties broken by `secondary` ascending (two stable sorts).
 

@@ -1,7 +1,8 @@
 """Movement pruning (Sanh, Wolf, Rush 2020, arXiv 2005.07683), hard variant: keep the units whose weights move away
 from zero during fine-tuning.
 
-Every unit has a learnable score S_u, starting at 0 (their `mask_init="constant"`, `mask_scale=0`). The forward
+Every unit has a learnable score S_u, starting at 0 (their `mask_init="constant"`, `mask_scale=0`;
+`movement_score_init="magnitude"` starts from the units' relative norms instead, see `init_scores`). The forward
 uses W * M with M the hard top-k of the scores (the units pruned in force have the lowest scores); the backward is
 straight-through (their `TopKBinarizer`): dL/dS = dL/dM = sum over the unit of dL/dW' * W, so with plain gradient
 descent S accumulates -W * dL/dW. The scores are trained by the Trainer's optimizer in their own parameter group
@@ -21,25 +22,43 @@ from torch import nn
 
 from ..selection import sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier
-from .base import MaskMethod, check_positive, learned_hard_mask
+from .base import MaskMethod, check_positive, learned_hard_mask, relative_norms
 
+SCORE_INITS = ("zeros", "magnitude")
 _TIE_SLACK = 0.01  # a sampled cut whose kept count misses the budget by more than 1% of the units is not used
 
 
 class MovementMethod(MaskMethod):
     name = "movement"
-    config_fields = ("score_learning_rate",)
+    config_fields = ("score_learning_rate", "movement_score_init")
     learnable_scores = True
     masks_before_pruning = True
     description = "movement pruning, hard top-k of learned movement scores (Sanh, Wolf & Rush 2020, arXiv:2005.07683)"
 
+    def __init__(self, score_init: str = "zeros"):
+        self.score_init = score_init
+
+    @classmethod
+    def from_config(cls, config) -> MovementMethod:
+        return cls(config.movement_score_init)
+
     @classmethod
     def check_config(cls, config) -> None:
         check_positive(config, "score_learning_rate")
+        if config.movement_score_init not in SCORE_INITS:
+            raise ValueError(
+                f"PDPConfig.movement_score_init={config.movement_score_init!r} is invalid: choose one of {list(SCORE_INITS)}."
+            )
 
     @torch.no_grad()
     def init_scores(self, group: UnitGroup) -> torch.Tensor:
-        return torch.zeros(group.unit_shape, device=group.weight.device)
+        """Zeros (the paper), or with `score_init="magnitude"` each unit's norm over the mean norm of its matrix
+        (N:M: ranked within each group of M), so the first mask is magnitude's and the learned movement re-ranks it.
+        In a short fine-tune the weights barely move and Adam's normalized steps make zero-started scores rank by the
+        sign consistency of -W * dL/dW, whatever |W|: then the kept set is close to random in magnitude."""
+        if self.score_init == "zeros":
+            return torch.zeros(group.unit_shape, device=group.weight.device)
+        return relative_norms(group)
 
     @torch.no_grad()
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..topk import soft_topk, solve_lambda
 from ..units import Member, UnitGroup
-from .base import MaskMethod, check_positive, learned_hard_mask, nm_selected_groups
+from .base import MaskMethod, check_positive, learned_hard_mask, nm_selected_groups, relative_norms
 
 
 class SmartMethod(MaskMethod):
@@ -72,8 +72,7 @@ class SmartMethod(MaskMethod):
 
     @torch.no_grad()
     def init_scores(self, group: UnitGroup) -> torch.Tensor:
-        norms = group.scores()  # for N:M ranked within each group of M, scaled by the matrix's mean |w|
-        return norms / norms.mean().clamp_min(torch.finfo(torch.float32).tiny)
+        return relative_norms(group)
 
     @torch.no_grad()
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
