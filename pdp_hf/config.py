@@ -17,7 +17,7 @@ PRUNING_CONFIG_NAME = "pruning_config.json"
 VERSION_KEY = "pdp_hf_version"
 
 GRANULARITIES = ("unstructured", "n:m", "neuron", "head", "block")
-SPARSITY_DISTRIBUTIONS = ("uniform", "global")
+SPARSITY_DISTRIBUTIONS = ("uniform", "global", "learned")
 SPARSITY_SCHEDULES = ("linear", "cubic")
 TEMPERATURE_MODES = ("relative", "absolute")
 MASK_KERNELS = ("auto", "compiled", "eager")
@@ -148,7 +148,9 @@ class PDPConfig:
         default="uniform",
         metadata={
             "help": "'uniform': every targeted layer reaches target_sparsity. 'global': per-layer budgets fixed at "
-            "pruning_start by one magnitude ranking over all targeted weights."
+            "pruning_start by one magnitude ranking over all targeted weights. 'learned' (methods with learnable "
+            "scores: 'smart', 'movement'): per-layer budgets from one ranking of the learned scores across layers, "
+            "re-ranked at every exact refresh until hardening (SMART: one lambda across layers)."
         },
     )
     threshold_refresh_steps: int = field(
@@ -198,6 +200,12 @@ class PDPConfig:
         from .methods import METHODS, get_method
 
         method = get_method(self.method)
+        if self.sparsity_distribution == "learned" and not method.learnable_scores:
+            learned = sorted(m.name for m in METHODS.values() if m.learnable_scores)
+            raise _invalid(
+                "sparsity_distribution", "learned", f"method {self.method!r} has no learned scores to rank layers by "
+                f"(methods that do: {learned}); 'global' fixes budgets by one magnitude ranking"
+            )
         method.check_config(self)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for other in METHODS.values():
@@ -240,10 +248,10 @@ class PDPConfig:
             raise _invalid("n_m", self.n_m, "write 'N:M' with 0 < N < M, e.g. '2:4'")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise _invalid("block_size", self.block_size, "it must be a whole number >= 1")
-        if kinds == {"n:m"} and self.sparsity_distribution == "global":
+        if kinds == {"n:m"} and self.sparsity_distribution != "uniform":
             raise _invalid(
-                "sparsity_distribution", "global", "granularity 'n:m' fixes N of every M weights in every matrix, so "
-                "there is nothing to distribute; use 'uniform'"
+                "sparsity_distribution", self.sparsity_distribution, "granularity 'n:m' fixes N of every M weights in "
+                "every matrix, so there is nothing to distribute; use 'uniform'"
             )
 
     def _resolve_target_sparsity(self) -> None:

@@ -155,10 +155,12 @@ class Pruner:
         self.budgets: dict[str, int] | None = None  # final pruned units per group, fixed at pruning start
         self.hardened = False
         self.optimizer = None  # set_optimizer: whose per-weight state is zeroed with the pruned weights at hardening
+        self._score_grad_hook = None  # set_optimizer: the method's gradient fix-up runs before each optimizer step
+        self._warned_no_optimizer = False
 
     def __getstate__(self) -> dict:
         # deepcopy / pickle of a model copies its pruner, never the training loop's optimizer
-        return {**self.__dict__, "optimizer": None}
+        return {**self.__dict__, "optimizer": None, "_score_grad_hook": None}
 
     # -- schedule -------------------------------------------------------------------------------------------------
     def set_total_steps(self, total_steps: int) -> None:
@@ -194,24 +196,42 @@ class Pruner:
         exact = schedule.is_exact(step, self.config.threshold_refresh_steps)
         if exact:
             self.check_finite(f"optimizer step {step}")
+            if self.budgets is not None and self.config.sparsity_distribution == "learned":
+                self.budgets = self.compute_budgets()  # the learned scores re-rank the layers (saved with checkpoints)
         for group in self.groups:
             zeros = zeros_at(frac, self.budgets[group.name]) if self.budgets else 0
             group.zeros = zeros
             if zeros:
                 self.method.update(group, zeros, exact)
+        pruning = [g for g in self.groups if g.zeros]
+        if pruning:
+            self.method.end_update(pruning)
+            if self.optimizer is None and self.method.adjusts_score_gradients(self.config) and not self._warned_no_optimizer:
+                self._warned_no_optimizer = True
+                logger.warning(
+                    "pdp_hf: method %r with sparsity_distribution=%r corrects the scores' gradients before each "
+                    "optimizer step, but no optimizer was handed over: call pruner.set_optimizer(optimizer) (PrunerTrainer "
+                    "does). Without it the scores train as if lambda were fixed.", self.config.method,
+                    self.config.sparsity_distribution,
+                )
 
     def compute_budgets(self) -> dict[str, int]:
-        """Final pruned units per group: `round(target * units)` each (uniform), or one ranking of unit norms per
-        pool of comparable units (global: all weights of unstructured matrices together, all blocks, all heads,
-        all neurons). N:M groups always prune every group of M."""
+        """Final pruned units per group: `round(target * units)` each (uniform), or one ranking per pool of
+        comparable units (all weights of unstructured matrices together, all blocks, all heads, all neurons): of the
+        unit norms (global), or of the learned scores as they are now (learned). N:M groups always prune every group
+        of M."""
         target = self.config.target_sparsity
         budgets = {g.name: g.num_units for g in self.groups if g.kind == "n:m"}
         ranked = [g for g in self.groups if g.kind != "n:m"]
-        if self.config.sparsity_distribution == "uniform":
+        distribution = self.config.sparsity_distribution
+        if distribution == "uniform":
             budgets.update({g.name: int(round(target * g.num_units)) for g in ranked})
         else:
+            def ranking(g: UnitGroup) -> torch.Tensor:
+                return g.score.detach() if distribution == "learned" and g.score is not None else g.scores()
+
             for pool in dict.fromkeys(g.pool for g in ranked):
-                budgets.update(global_budgets({g.name: g.scores() for g in ranked if g.pool == pool}, target))
+                budgets.update(global_budgets({g.name: ranking(g) for g in ranked if g.pool == pool}, target))
         return {g.name: budgets[g.name] for g in self.groups}
 
     @torch.no_grad()
@@ -254,10 +274,23 @@ class Pruner:
         optimizer, the hardened mask keeps being multiplied in at every forward (correct for any loop)."""
         self.optimizer = optimizer
         self._check_scores_are_trained(optimizer)
+        if self._score_grad_hook is not None:
+            self._score_grad_hook.remove()
+            self._score_grad_hook = None
+        inner = _innermost_optimizer(optimizer)
+        if self.method.adjusts_score_gradients(self.config) and hasattr(inner, "register_step_pre_hook"):
+            # after backward, DDP's all-reduce, unscaling and clipping; the fix-up is linear in the gradients
+            self._score_grad_hook = inner.register_step_pre_hook(lambda *_: self.adjust_score_gradients())
         if self.hardened:  # resumed after hardening (or hardened before training): the same state as at hardening
             self._keep_zeros()
 
     # -- learnable scores -----------------------------------------------------------------------------------------
+    def adjust_score_gradients(self) -> None:
+        """The method's fix-up of the scores' gradients before an optimizer step (SMART with one lambda across
+        layers: its implicit-gradient term); registered on the optimizer by `set_optimizer`."""
+        if not self.hardened:
+            self.method.adjust_score_gradients([g for g in self.groups if g.zeros and g.score is not None])
+
     def score_parameters(self) -> list[nn.Parameter]:
         """The learnable unit scores (SMART, movement), one tensor per group; [] for methods without."""
         return [g.score for g in self.groups if g.score is not None]
@@ -359,6 +392,14 @@ class Pruner:
     def load_state(self, directory: str) -> None:
         """Restore budgets and hardened masks from a checkpoint written by `save_state` with the same config."""
         load_state(self, directory)
+
+def _innermost_optimizer(optimizer):
+    """The torch optimizer inside wrappers such as accelerate's AcceleratedOptimizer (whose `step` runs the inner
+    one's, after unscaling, and only on steps that really update)."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
 
 def optimizer_state(optimizer) -> dict:
     """`optimizer.state` (param -> dict of tensors) through wrappers such as accelerate's AcceleratedOptimizer."""

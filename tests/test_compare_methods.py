@@ -44,7 +44,8 @@ def test_grid_runs_what_is_missing_in_priority_order_and_tables_what_finished(tm
     assert ran == [
         "pdp_90u_s42",  # every method at seed 42 of 90% uniform first
         "magnitude_tune_sparsity_schedulelinear_s42",  # the baseline's own knob
-        "dense_s43", "magnitude_90u_s43", "pdp_90u_s43", "dense_s44", "magnitude_90u_s44", "pdp_90u_s44",
+        "magnitude_90u_s43", "pdp_90u_s43", "magnitude_90u_s44", "pdp_90u_s44",  # the seeds of the compared methods
+        "dense_s43", "dense_s44",
         "pdp_tune_temperature0.02_s42", "pdp_tune_temperature0.2_s42",
     ]
     table = open(out + ".md", encoding="utf-8").read()

@@ -17,6 +17,7 @@ from tests.test_granularity import GRANULARITIES, check_structure
 
 LEARNED = ("smart", "movement")
 SETTINGS = {"unstructured": dict(target_sparsity=0.75), **{k: GRANULARITIES[k] for k in ("2:4", "neuron", "head", "block", "mixed")}}
+RESUMED = {**SETTINGS, "learned": dict(target_sparsity=0.75, sparsity_distribution="learned")}
 SCHEDULE = dict(pruning_start=0.1, pruning_end=0.5, harden_at=0.75)
 
 
@@ -225,6 +226,105 @@ def test_smart_scores_start_as_normalized_unit_norms():
         torch.testing.assert_close(group.score.detach(), norms / norms.mean())
 
 
+# -- sparsity_distribution="learned": the scores rank the layers, SMART shares one lambda ---------------------------
+def pool_scores(pruner):
+    return torch.cat([g.score.detach().reshape(-1) for g in pruner.groups])
+
+
+def test_smart_shared_lambda_sums_to_k_over_all_layers_and_its_gradient_matches_finite_differences():
+    model, pruner = smart_model("neuron", target_sparsity=0.5, sparsity_distribution="learned")
+    with torch.no_grad():  # layers' scores on different levels, so the shared lambda moves mass between layers
+        for i, group in enumerate(pruner.groups):
+            group.score.add_(0.05 * i)
+    pruner.step(5)
+    groups, tau = pruner.groups, pruner.method.temperature
+    assert len({g.zeros for g in groups}) == len(groups) and all(g.zeros for g in groups)  # the ranking split them
+    assert len({float(g.state["lambda"]) for g in groups}) == 1
+    k = sum(g.num_units - g.zeros for g in groups)
+    masks = [pruner.method.soft_mask(g) for g in groups]
+    assert abs(float(sum(m.detach().double().sum() for m in masks)) - k) <= 1e-3 * k
+    assert len({round(float(m.detach().sum())) for m in masks}) > 1  # not each layer's own k: one lambda for all
+    # Formula: sigmoid(s / tau + lambda), lambda re-solved in float64 over all layers' scores together.
+    scores = pool_scores(pruner).double().view(1, -1)
+    direct = torch.sigmoid(scores / tau + solve_lambda(scores, k, tau)).view(-1)
+    torch.testing.assert_close(torch.cat([m.detach().double().view(-1) for m in masks]), direct, rtol=0, atol=1e-5)
+    # Gradient of a fixed linear read-out (autograd + the pre-step fix-up) vs central differences of the re-solved mask.
+    weights = torch.randn(scores.numel(), dtype=torch.float64)
+    (torch.cat([m.double().view(-1) for m in masks]) * weights).sum().backward()
+    pruner.adjust_score_gradients()
+    grad = torch.cat([g.score.grad.view(-1) for g in groups])
+    eps = 1e-4
+    for i in range(0, scores.numel(), 11):  # units of every layer
+        def value(delta, i=i):
+            s = scores.clone()
+            s[0, i] += delta
+            return float((torch.sigmoid(s / tau + solve_lambda(s, k, tau)).view(-1) * weights).sum())
+
+        numeric = (value(eps) - value(-eps)) / (2 * eps)
+        assert abs(float(grad[i]) - numeric) <= 1e-3 * max(1.0, abs(numeric)), i
+
+
+@pytest.mark.parametrize("method", LEARNED)
+def test_learned_distribution_follows_the_ranking_of_the_scores_across_layers(method, caplog):
+    config = PDPConfig(method=method, target_sparsity=0.75, sparsity_distribution="learned", pruning_start=0,
+                       pruning_end=10, harden_at=None, threshold_refresh_steps=5)
+    model = apply_pruning(tiny_bert(), config)
+    pruner = get_pruner(model)
+    pruner.set_total_steps(20)
+
+    def set_scores(favoured):
+        with torch.no_grad():
+            for i, group in enumerate(pruner.groups):
+                group.score.copy_(torch.rand_like(group.score) + (1.0 if i == favoured else 0.0))
+
+    def expected_budgets():  # the round(0.75 * N) lowest scores over all layers, counted per layer
+        scores = pool_scores(pruner)
+        cut = scores.kthvalue(round(0.75 * scores.numel())).values
+        return {g.name: int((g.score.detach() <= cut).sum()) for g in pruner.groups}
+
+    set_scores(favoured=0)
+    pruner.step(0)
+    assert pruner.budgets == expected_budgets()
+    first = pruner.groups[0].name
+    assert pruner.budgets[first] < min(b for n, b in pruner.budgets.items() if n != first)  # the favoured layer keeps more
+    set_scores(favoured=3)
+    with caplog.at_level(logging.WARNING, logger="pdp_hf.injection"):
+        pruner.step(3)  # between refreshes: the budgets stay
+    assert pruner.budgets != expected_budgets()
+    assert ("no optimizer was handed over" in caplog.text) == (method == "smart")  # SMART's fix-up needs it
+    pruner.step(10)  # an exact refresh at the full budget: re-ranked by the scores as they are now
+    assert pruner.budgets == expected_budgets()
+    assert sum(pruner.budgets.values()) == round(0.75 * pool_scores(pruner).numel())
+    budgets = dict(pruner.budgets)
+    model = finalize_pruning(model)  # hardening ranks the final scores once more: the same here
+    for name, module in dict(model.named_modules()).items():
+        if name in budgets:
+            assert int((module.weight == 0).sum()) == budgets[name], name
+
+
+def test_smart_learned_distribution_trains_to_the_exact_total_with_gradients_through_the_shared_lambda(make_args):
+    model = tiny_bert()
+    config = PDPConfig(method="smart", target_sparsity=0.75, sparsity_distribution="learned", **SCHEDULE)
+    trainer = PrunerTrainer(model=model, args=make_args(max_steps=12), train_dataset=text_dataset(), pdp_config=config)
+    groups = trainer.pruner.groups
+    sums = []
+
+    from transformers import TrainerCallback
+
+    class Spy(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kw):  # after the step, before zero_grad
+            if all(g.zeros for g in groups) and not trainer.pruner.hardened:
+                grads = torch.cat([g.score.grad.view(-1) for g in groups])
+                sums.append(float(grads.sum()) / float(grads.abs().sum()))
+
+    trainer.add_callback(Spy())
+    trainer.train()
+    assert sums and max(abs(x) for x in sums) < 1e-4  # the fix-up ran: the projected gradient sums to 0 over the pool
+    rows = sparsity_report(model, config=config)["modules"].values()
+    assert sum(r["zeros"] for r in rows) == round(0.75 * sum(r["numel"] for r in rows))
+    assert len({r["zeros"] / r["numel"] for r in rows}) > 1  # the layers got different sparsities
+
+
 # -- movement ------------------------------------------------------------------------------------------------------
 def test_movement_scores_get_minus_w_times_the_weight_gradient_straight_through():
     torch.manual_seed(0)
@@ -298,13 +398,13 @@ def test_movement_scores_learn_before_pruning_starts(make_args):
 
 
 # -- resume, DDP-free determinism, config ------------------------------------------------------------------------
-@pytest.mark.parametrize("method,name", [("smart", "unstructured"), ("smart", "2:4"), ("smart", "mixed"),
-                                         ("movement", "unstructured"), ("movement", "neuron")])
+@pytest.mark.parametrize("method,name", [("smart", "unstructured"), ("smart", "2:4"), ("smart", "mixed"), ("smart", "learned"),
+                                         ("movement", "unstructured"), ("movement", "neuron"), ("movement", "learned")])
 def test_resume_mid_ramp_is_bit_identical(tmp_path, method, name):
     def run(output_dir, resume=None):
         model = tiny_bert(seed=1)
         config = PDPConfig(method=method, pruning_start=0.1, pruning_end=0.6, harden_at=0.8, threshold_refresh_steps=4,
-                           **SETTINGS[name])
+                           **RESUMED[name])
         args = training_args(output_dir, save_strategy="steps", save_steps=6)
         PrunerTrainer(model=model, args=args, train_dataset=text_dataset(), pdp_config=config).train(resume_from_checkpoint=resume)
         return model
@@ -351,6 +451,10 @@ def test_method_settings_are_validated_by_their_method_only(caplog):
         PDPConfig(method="movement", score_learning_rate=0)
     with pytest.raises(ValueError, match="movement_score_init"):
         PDPConfig(method="movement", movement_score_init="uniform")
+    with pytest.raises(ValueError, match="sparsity_distribution='learned' is invalid: method 'magnitude' has no learned"):
+        PDPConfig(method="magnitude", sparsity_distribution="learned")
+    with pytest.raises(ValueError, match="nothing to distribute"):
+        PDPConfig(method="smart", granularity="n:m", sparsity_distribution="learned")
     with pytest.raises(ValueError, match="temperature"):
         PDPConfig(method="pdp", temperature=-1)
     with caplog.at_level(logging.WARNING, logger="pdp_hf.config"):

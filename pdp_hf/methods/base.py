@@ -124,6 +124,19 @@ class MaskMethod:
         """Recompute the group's mask state for `zeros` pruned units; `exact=False` allows a cheaper estimate."""
         raise NotImplementedError
 
+    def end_update(self, groups: list[UnitGroup]) -> None:
+        """Called once per optimizer step after every `update`, with the groups that prune units now (state shared
+        across groups, e.g. one lambda per pool)."""
+
+    @classmethod
+    def adjusts_score_gradients(cls, config) -> bool:
+        """Whether `adjust_score_gradients` must run before every optimizer step under `config`."""
+        return False
+
+    def adjust_score_gradients(self, groups: list[UnitGroup]) -> None:
+        """Fix up the scores' gradients in place before an optimizer step (after backward, all-reduce, unscaling
+        and clipping); must be linear in the gradients, so gradient accumulation and DDP averaging commute with it."""
+
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of `member` for a training forward; `module` is the module that runs (`member.module`,
         or a DataParallel replica of it, whose weights live on another device)."""

@@ -20,6 +20,12 @@ Choices where the paper is not recoverable (documented in README, measured in be
   from the previous step's lambda, which checkpoints keep, so a resumed run computes the same bits.
 - `sparsity_distribution="global"` fixes per-group budgets by one magnitude ranking at pruning start, as for every
   method (like-for-like comparisons); lambda stays per group.
+- `sparsity_distribution="learned"` is the paper's global option: one lambda per pool of comparable units (every
+  unstructured matrix together; all neurons; all heads; all tiles), so the soft masks of all layers together sum to
+  the kept count and the scores move mass between layers. The per-layer counts that eval, hardening and finalize
+  use come from one ranking of the scores across layers, re-ranked at every exact refresh (`Pruner.step`).
+  The forward treats the shared lambda as a constant and `adjust_score_gradients` adds its implicit-gradient term
+  before each optimizer step (a rank-one correction per pool), so no layer's backward waits for the others.
 """
 
 from __future__ import annotations
@@ -38,14 +44,22 @@ class SmartMethod(MaskMethod):
     learnable_scores = True
     description = "SMART pruner, learnable scores through a differentiable top-k (Ding et al. 2024, arXiv:2403.19969)"
 
-    def __init__(self, temperature_start: float = 1.0, temperature_end: float = 0.01):
+    def __init__(self, temperature_start: float = 1.0, temperature_end: float = 0.01, shared_lambda: bool = False):
         self.temperature_start = float(temperature_start)
         self.temperature_end = float(temperature_end)
         self.temperature = self.temperature_start
+        self.shared_lambda = bool(shared_lambda)  # one lambda per pool of comparable units (all layers) instead of per group
 
     @classmethod
     def from_config(cls, config) -> SmartMethod:
-        return cls(config.smart_temperature_start, config.smart_temperature_end)
+        return cls(config.smart_temperature_start, config.smart_temperature_end, cls.adjusts_score_gradients(config))
+
+    @classmethod
+    def adjusts_score_gradients(cls, config) -> bool:
+        return config.sparsity_distribution == "learned"
+
+    def _shares(self, group: UnitGroup) -> bool:
+        return self.shared_lambda and group.kind != "n:m"
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -85,6 +99,8 @@ class SmartMethod(MaskMethod):
             state["selected"] = None if bool(selected.all()) else selected
             state["lambda"] = solve_lambda(score, group.n, tau, init=state.get("lambda"), dtype=torch.float32)
             return
+        if self._shares(group):
+            return  # end_update solves one lambda for the whole pool
         if zeros >= group.num_units:  # nothing kept: the mask is exactly zero
             state.pop("lambda", None)
             state["all_pruned"] = True
@@ -93,6 +109,49 @@ class SmartMethod(MaskMethod):
         k = group.num_units - zeros
         state["lambda"] = solve_lambda(score.reshape(1, -1), k, tau, init=state.get("lambda"), dtype=torch.float32)
 
+    @torch.no_grad()
+    def end_update(self, groups: list[UnitGroup]) -> None:
+        """With a shared lambda: one lambda per pool such that the soft masks of all its pruning groups together sum
+        to their kept units (each group's count comes from the ranking of the learned scores, `Pruner.step`)."""
+        if not self.shared_lambda:
+            return
+        for members in _pools(g for g in groups if self._shares(g)).values():
+            kept = sum(g.num_units - g.zeros for g in members)
+            if kept <= 0:
+                for g in members:
+                    g.state.pop("lambda", None)
+                    g.state["all_pruned"] = True
+                continue
+            scores = torch.cat([g.score.detach().float().reshape(-1) for g in members]).view(1, -1)
+            init = members[0].state.get("lambda")
+            lam = solve_lambda(scores, kept, self.temperature, init=init, dtype=torch.float32).reshape(1)  # broadcasts
+            for g in members:
+                g.state.pop("all_pruned", None)
+                g.state["lambda"] = lam
+
+    @torch.no_grad()
+    def adjust_score_gradients(self, groups: list[UnitGroup]) -> None:
+        """The shared lambda's part of the gradient. The forward treats lambda as a constant, so autograd gives
+        grad_i = (d_i / tau) g_i with d = f (1 - f) and g the gradient with respect to the mask; the implicit gradient
+        through lambda(s) (the constraint sum f = k over the pool) is grad_i - d_i * sum(grad) / sum(d) over the pool
+        (`pdp_hf.topk` for the formula). Linear in the gradients, so it commutes with accumulation, DDP averaging,
+        unscaling and clipping."""
+        if not self.shared_lambda:
+            return
+        pools = _pools(g for g in groups if self._shares(g) and g.score.grad is not None and "lambda" in g.state)
+        for members in pools.values():
+            slopes = [self._slope(g) for g in members]
+            total_d = sum(d.sum(dtype=torch.float64) for d in slopes)
+            if float(total_d) <= 0.0:
+                continue  # every mask saturated: no gradient flows through lambda
+            scale = sum(g.score.grad.sum(dtype=torch.float64) for g in members) / total_d
+            for g, d in zip(members, slopes):
+                g.score.grad.sub_((d * scale.float()).to(g.score.grad.dtype))
+
+    def _slope(self, group: UnitGroup) -> torch.Tensor:
+        f = torch.sigmoid(group.score.detach().float() / group.state["tau"] + group.state["lambda"].to(group.score.device))
+        return f * (1 - f)
+
     def soft_mask(self, group: UnitGroup) -> torch.Tensor:
         """Unit-level soft top-k mask f(s), float32, differentiable in the scores (shape `unit_shape`)."""
         state, score = group.state, group.score
@@ -100,6 +159,8 @@ class SmartMethod(MaskMethod):
             return torch.zeros(group.unit_shape, device=score.device)
         with torch.autocast(device_type=score.device.type, enabled=False):
             lam = state["lambda"].to(score.device)
+            if self._shares(group):  # lambda constant here; adjust_score_gradients adds its gradient
+                return torch.sigmoid(score.float() / state["tau"] + lam)
             if group.kind == "n:m":
                 mask = soft_topk(score.float(), None, state["tau"], lam=lam)
                 if state.get("selected") is not None:
@@ -133,8 +194,15 @@ class SmartMethod(MaskMethod):
 
     def state_tensors(self, group: UnitGroup) -> dict[str, torch.Tensor]:
         lam = group.state.get("lambda")
-        return {} if lam is None else {"lambda": lam}
+        return {} if lam is None else {"lambda": lam.clone()}  # a shared lambda is one tensor in many groups
 
     def load_state_tensors(self, group: UnitGroup, tensors: dict[str, torch.Tensor]) -> None:
         if "lambda" in tensors:
             group.state["lambda"] = tensors["lambda"].to(group.weight.device)
+
+
+def _pools(groups) -> dict[str, list[UnitGroup]]:
+    pools: dict[str, list[UnitGroup]] = {}
+    for g in groups:
+        pools.setdefault(g.pool, []).append(g)
+    return pools
