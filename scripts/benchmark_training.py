@@ -40,7 +40,8 @@ SHAPES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
 }
-VARIANTS = ("dense", "dense-2", "floor", "pdp", "pdp-eager", "magnitude", "smart", "movement", "hardened", "hardened-masked")
+VARIANTS = ("dense", "dense-2", "floor", "pdp", "pdp-eager", "magnitude", "smart", "smart-learned", "movement", "hardened",
+            "hardened-masked")
 
 
 def floor_linear_class():
@@ -79,6 +80,8 @@ def pdp_config(variant: str, ramp_steps: int):
         return PDPConfig(**ramp, mask_kernel="eager")
     if variant in ("magnitude", "smart", "movement"):
         return PDPConfig(**ramp, method=variant)
+    if variant == "smart-learned":  # one lambda across layers, layers re-ranked at every refresh, the gradient fix-up
+        return PDPConfig(**ramp, method="smart", sparsity_distribution="learned")
     if variant in ("hardened", "hardened-masked"):
         return PDPConfig(target_sparsity=0.9, pruning_start=0, pruning_end=0, harden_at=0)  # hard from step 0
     return None

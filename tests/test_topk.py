@@ -26,6 +26,20 @@ def test_lambda_solves_the_constraint_at_any_temperature(tau):
     torch.testing.assert_close(counts, torch.full((3,), 300.0, dtype=torch.float64), rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("tau", [1e-3, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_lambda_for_a_list_of_parts_is_the_lambda_of_their_concatenation(tau, dtype):
+    g = torch.Generator().manual_seed(3)
+    parts = [torch.randn(30, 20, generator=g) + 1.0, torch.randn(700, generator=g), 0.5 * torch.randn(5, 9, generator=g)]
+    flat = torch.cat([p.reshape(-1) for p in parts]).double()
+    lam = solve_lambda(parts, 400, tau, dtype=dtype)
+    assert lam.shape == (1,) and lam.dtype == dtype
+    assert abs(float(torch.sigmoid(flat / tau + lam.double()).sum()) - 400) <= (1e-3 if dtype == torch.float64 else 4e-3)
+    torch.testing.assert_close(lam.double(), solve_lambda(flat.view(1, -1), 400, tau).view(1), rtol=1e-4, atol=1e-6)
+    again = solve_lambda(parts, 400, tau, init=lam, dtype=dtype)  # warm-started at the solution: unchanged
+    torch.testing.assert_close(again, lam, rtol=0, atol=0)
+
+
 def test_small_temperature_gives_the_hard_top_k():
     scores = torch.randn(2, 64, generator=torch.Generator().manual_seed(2))
     f = soft_topk(scores, 16, tau=1e-6)

@@ -122,9 +122,8 @@ class SmartMethod(MaskMethod):
                     g.state.pop("lambda", None)
                     g.state["all_pruned"] = True
                 continue
-            scores = torch.cat([g.score.detach().float().reshape(-1) for g in members]).view(1, -1)
-            init = members[0].state.get("lambda")
-            lam = solve_lambda(scores, kept, self.temperature, init=init, dtype=torch.float32).reshape(1)  # broadcasts
+            scores = [g.score.detach() for g in members]
+            lam = solve_lambda(scores, kept, self.temperature, init=members[0].state.get("lambda"), dtype=torch.float32)
             for g in members:
                 g.state.pop("all_pruned", None)
                 g.state["lambda"] = lam
