@@ -1,6 +1,6 @@
 """Worker for tests/test_distributed.py: PrunerTrainer under torchrun (gloo, CPU) or in a single process.
 
-    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH [METHOD [checkpointing]]
+    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH [METHOD[-learned] [checkpointing]]
     python tests/ddp_worker.py OUT_DIR GLOBAL_BATCH [METHOD]   # the single-process reference
 
 Writes OUT_DIR/rank{R}.safetensors: the final (finalized) weights, the hard masks seen at hardening and, for
@@ -48,7 +48,8 @@ def main(out_dir: str, batch: int, method: str = "pdp", checkpointing: str = "")
     )
     trainer = PrunerTrainer(
         model=model, args=args, train_dataset=text_dataset(128), callbacks=[GrabMasks()],
-        pdp_config=PDPConfig(method=method, target_sparsity=0.8, pruning_start=0.1, pruning_end=0.5, harden_at=0.75),
+        pdp_config=PDPConfig(method=method.split("-")[0], target_sparsity=0.8, pruning_start=0.1, pruning_end=0.5,
+                             harden_at=0.75, sparsity_distribution="learned" if method.endswith("-learned") else "uniform"),
     )
     trainer.train()
     tensors = {f"final.{k}": v.contiguous() for k, v in model.state_dict().items()}
