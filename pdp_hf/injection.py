@@ -355,8 +355,8 @@ class Pruner:
         """Fix every mask to exactly its final budget of pruned units and zero the pruned weights in place;
         training may continue with fixed masks (see `set_optimizer`)."""
         self.check_finite("hardening")
-        if self.budgets is None:
-            self.budgets = self.compute_budgets()
+        if self.budgets is None or self.config.sparsity_distribution == "learned":
+            self.budgets = self.compute_budgets()  # learned: the final ranking of the scores, exact
         for group in self.groups:
             group._forward_cache = None
             group.zeros = self.budgets[group.name]

@@ -295,11 +295,13 @@ def test_learned_distribution_follows_the_ranking_of_the_scores_across_layers(me
     pruner.step(10)  # an exact refresh at the full budget: re-ranked by the scores as they are now
     assert pruner.budgets == expected_budgets()
     assert sum(pruner.budgets.values()) == round(0.75 * pool_scores(pruner).numel())
-    budgets = dict(pruner.budgets)
-    model = finalize_pruning(model)  # hardening ranks the final scores once more: the same here
-    for name, module in dict(model.named_modules()).items():
-        if name in budgets:
-            assert int((module.weight == 0).sum()) == budgets[name], name
+    at_refresh = dict(pruner.budgets)
+    set_scores(favoured=5)
+    final = expected_budgets()
+    assert final != at_refresh
+    model = finalize_pruning(model)  # hardening ranks the final scores once more, exactly
+    zeros = {name: int((m.weight == 0).sum()) for name, m in model.named_modules() if name in final}
+    assert zeros == final
 
 
 def test_smart_learned_distribution_trains_to_the_exact_total_with_gradients_through_the_shared_lambda(make_args):
