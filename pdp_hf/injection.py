@@ -393,6 +393,7 @@ class Pruner:
         """Restore budgets and hardened masks from a checkpoint written by `save_state` with the same config."""
         load_state(self, directory)
 
+
 def _innermost_optimizer(optimizer):
     """The torch optimizer inside wrappers such as accelerate's AcceleratedOptimizer (whose `step` runs the inner
     one's, after unscaling, and only on steps that really update)."""
