@@ -22,6 +22,7 @@ from torch import nn
 from .checkpoint import STATE_NAME, load_state, save_state
 from .config import PDPConfig
 from .methods import MaskMethod, get_method
+from .methods.base import relative_norms
 from .schedules import PruningSchedule, zeros_at
 from .targets import find_targets
 from .units import Member, UnitGroup, build_unit_groups
@@ -227,11 +228,18 @@ class Pruner:
         if distribution == "uniform":
             budgets.update({g.name: int(round(target * g.num_units)) for g in ranked})
         else:
+            learned = distribution == "learned"
+            by_name = {g.name: g for g in ranked}
+
             def ranking(g: UnitGroup) -> torch.Tensor:
-                return g.score.detach() if distribution == "learned" and g.score is not None else g.scores()
+                return g.score.detach() if learned and g.score is not None else g.scores()
+
+            def tie_break(name: str) -> torch.Tensor:  # equal learned scores (movement's start at 0): by magnitude
+                return relative_norms(by_name[name])
 
             for pool in dict.fromkeys(g.pool for g in ranked):
-                budgets.update(global_budgets({g.name: ranking(g) for g in ranked if g.pool == pool}, target))
+                pooled = {g.name: ranking(g) for g in ranked if g.pool == pool}
+                budgets.update(global_budgets(pooled, target, tie_break if learned else None))
         return {g.name: budgets[g.name] for g in self.groups}
 
     @torch.no_grad()
@@ -278,9 +286,16 @@ class Pruner:
             self._score_grad_hook.remove()
             self._score_grad_hook = None
         inner = _innermost_optimizer(optimizer)
-        if self.method.adjusts_score_gradients(self.config) and hasattr(inner, "register_step_pre_hook"):
-            # after backward, DDP's all-reduce, unscaling and clipping; the fix-up is linear in the gradients
-            self._score_grad_hook = inner.register_step_pre_hook(lambda *_: self.adjust_score_gradients())
+        if optimizer is not None and self.method.adjusts_score_gradients(self.config):
+            if type(inner).__module__.startswith("deepspeed") or not hasattr(inner, "register_step_pre_hook"):
+                # ZeRO keeps gradients in flat partitions (param.grad is None): nothing to correct per score
+                logger.warning(
+                    "pdp_hf: method %r with sparsity_distribution=%r corrects the scores' gradients before each "
+                    "optimizer step, which %s does not allow: the scores will train as if lambda were fixed.",
+                    self.config.method, self.config.sparsity_distribution, type(inner).__name__,
+                )
+            else:  # after backward, DDP's all-reduce, unscaling and clipping; the fix-up is linear in the gradients
+                self._score_grad_hook = inner.register_step_pre_hook(lambda *_: self.adjust_score_gradients())
         if self.hardened:  # resumed after hardening (or hardened before training): the same state as at hardening
             self._keep_zeros()
 
@@ -409,22 +424,32 @@ def optimizer_state(optimizer) -> dict:
     return getattr(optimizer, "state", {})
 
 
-def global_budgets(scores: dict[str, torch.Tensor], target: float) -> dict[str, int]:
-    """Per-layer zero counts from one magnitude ranking over all layers: the round(target * N) smallest scores
-    overall are pruned, and each layer's budget is how many of them it holds (ties at the cut go in layer order)."""
+def global_budgets(scores: dict[str, torch.Tensor], target: float, tie_break=None) -> dict[str, int]:
+    """Per-layer zero counts from one ranking over all layers: the round(target * N) smallest scores overall are
+    pruned, and each layer's budget is how many of them it holds. Entries tied at the cut are ranked by
+    `tie_break(name)` (a tensor shaped like that layer's scores, comparable across layers) when given, else taken in
+    layer order."""
     flat = {n: s.detach().reshape(-1).float() for n, s in scores.items()}
-    total = sum(s.numel() for s in flat.values())
-    k = int(round(target * total))
+    return _smallest_counts(flat, int(round(target * sum(s.numel() for s in flat.values()))), tie_break)
+
+
+def _smallest_counts(flat: dict[str, torch.Tensor], k: int, tie_break=None) -> dict[str, int]:
     if k == 0:
         return {n: 0 for n in flat}
     cut = torch.kthvalue(torch.cat([s.cpu() for s in flat.values()]), k).values
-    budgets = {n: int((s < cut).sum()) for n, s in flat.items()}
-    left = k - sum(budgets.values())
-    for n, s in flat.items():
-        take = min(left, int((s == cut).sum()))
-        budgets[n] += take
+    counts = {n: int((s < cut.to(s.device)).sum()) for n, s in flat.items()}
+    left = k - sum(counts.values())
+    tied = {n: s == cut.to(s.device) for n, s in flat.items()}
+    if tie_break is not None and left < sum(int(t.sum()) for t in tied.values()):
+        among = {n: tie_break(n).detach().reshape(-1).float()[t] for n, t in tied.items() if bool(t.any())}
+        for n, c in _smallest_counts(among, left).items():
+            counts[n] += c
+        return counts
+    for n, t in tied.items():
+        take = min(left, int(t.sum()))
+        counts[n] += take
         left -= take
-    return budgets
+    return counts
 
 
 def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
@@ -498,6 +523,9 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
                 module.__dict__.pop(attr, None)
             module.__class__ = nn.Linear
         group.hard_mask, group.keeps_zeros, group._keep_factors, group.score = None, False, None, None
+    if pruner._score_grad_hook is not None:
+        pruner._score_grad_hook.remove()
+        pruner._score_grad_hook = None
     if isinstance(getattr(model, SCORES_ATTR, None), PruningScores):
         delattr(model, SCORES_ATTR)  # the learned scores leave no trace in the model or its exports
     delattr(model, PRUNER_ATTR)

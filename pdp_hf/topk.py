@@ -35,24 +35,28 @@ def solve_lambda(
     """lambda (shaped scores.shape[:-1] + (1,), in `dtype`) with sum(sigmoid(scores / tau + lambda), -1) = k.
 
     `scores` may also be a list of tensors (a pool, e.g. every layer's scores): one lambda, shape (1,), for all
-    their entries together, computed part by part (no concatenated copy; each part's temporaries stay small).
+    their entries together, computed part by part without concatenating them (each iteration's temporaries are
+    one part's size, which keeps them in cache: about 2x faster than one row on CPU). Parts may live on
+    different devices; lambda lives on the first part's.
 
     Safeguarded Newton: a Newton step on the count (its derivative is sum f (1 - f)) when it stays inside the
     current bracket, else bisection; a few steps for smooth masks, bisection's guarantee for nearly hard ones.
     `init` (e.g. the previous optimizer step's lambda) starts the iteration there when it lies inside the bracket:
     one or two steps then suffice. `dtype` float32 halves the cost on large rows (count within 1e-5 relative)."""
     if isinstance(scores, (list, tuple)):
-        parts = [x.detach().to(dtype).reshape(-1) / tau for x in scores]
+        parts = [x.detach().to(dtype).reshape(-1) / tau for x in scores if x.numel()]
+        if not parts:
+            raise ValueError("solve_lambda got no scores.")
         n, device = sum(p.numel() for p in parts), parts[0].device
-        top = torch.stack([p.max() for p in parts]).max().view(1)
-        bottom = torch.stack([p.min() for p in parts]).min().view(1)
+        top = torch.stack([p.max().to(device) for p in parts]).max().view(1)
+        bottom = torch.stack([p.min().to(device) for p in parts]).min().view(1)
 
         def sums(lam):  # the count and its slope in one pass per part, while the part's f is in cache
             count = slope = torch.zeros(1, dtype=dtype, device=device)
             for p in parts:
-                f = torch.sigmoid(p + lam)
-                count = count + f.sum()
-                slope = slope + (f * (1.0 - f)).sum()
+                f = torch.sigmoid(p + lam.to(p.device))
+                count = count + f.sum().to(device)
+                slope = slope + (f * (1.0 - f)).sum().to(device)
             return count, lambda: slope
     else:
         s = scores.detach().to(dtype) / tau

@@ -231,7 +231,8 @@ def pool_scores(pruner):
     return torch.cat([g.score.detach().reshape(-1) for g in pruner.groups])
 
 
-def test_smart_shared_lambda_sums_to_k_over_all_layers_and_its_gradient_matches_finite_differences():
+@pytest.mark.parametrize("unused_layer", [False, True], ids=["all-layers-in-the-loss", "a-layer-without-gradient"])
+def test_smart_shared_lambda_sums_to_k_over_all_layers_and_its_gradient_matches_finite_differences(unused_layer):
     model, pruner = smart_model("neuron", target_sparsity=0.5, sparsity_distribution="learned")
     with torch.no_grad():  # layers' scores on different levels, so the shared lambda moves mass between layers
         for i, group in enumerate(pruner.groups):
@@ -250,7 +251,13 @@ def test_smart_shared_lambda_sums_to_k_over_all_layers_and_its_gradient_matches_
     torch.testing.assert_close(torch.cat([m.detach().double().view(-1) for m in masks]), direct, rtol=0, atol=1e-5)
     # Gradient of a fixed linear read-out (autograd + the pre-step fix-up) vs central differences of the re-solved mask.
     weights = torch.randn(scores.numel(), dtype=torch.float64)
-    (torch.cat([m.double().view(-1) for m in masks]) * weights).sum().backward()
+    if unused_layer:  # the last layer's mask is not in the loss: no gradient reaches its scores, lambda still couples them
+        weights[-groups[-1].num_units:] = 0
+        masks_in_loss = masks[:-1]
+    else:
+        masks_in_loss = masks
+    (torch.cat([m.double().view(-1) for m in masks_in_loss]) * weights[: sum(m.numel() for m in masks_in_loss)]).sum().backward()
+    assert (groups[-1].score.grad is None) == unused_layer
     pruner.adjust_score_gradients()
     grad = torch.cat([g.score.grad.view(-1) for g in groups])
     eps = 1e-4
@@ -302,6 +309,20 @@ def test_learned_distribution_follows_the_ranking_of_the_scores_across_layers(me
     model = finalize_pruning(model)  # hardening ranks the final scores once more, exactly
     zeros = {name: int((m.weight == 0).sum()) for name, m in model.named_modules() if name in final}
     assert zeros == final
+
+
+def test_learned_distribution_ranks_equal_scores_by_magnitude_across_layers():
+    """Movement's scores all start at 0: ranked across layers, the ties must go by the units' relative norms (as
+    within a layer), not by layer order (which pruned the first layer whole)."""
+    config = PDPConfig(method="movement", target_sparsity=0.5, sparsity_distribution="learned")
+    model = apply_pruning(tiny_bert(), config)
+    pruner = get_pruner(model)
+    norms = {g.name: (g.scores() / g.scores().mean()).reshape(-1) for g in pruner.groups}
+    cut = torch.cat(list(norms.values())).kthvalue(round(0.5 * sum(n.numel() for n in norms.values()))).values
+    expected = {name: int((n <= cut).sum()) for name, n in norms.items()}
+    model = finalize_pruning(model)
+    zeros = {name: int((m.weight == 0).sum()) for name, m in model.named_modules() if name in expected}
+    assert zeros == expected
 
 
 def test_smart_learned_distribution_trains_to_the_exact_total_with_gradients_through_the_shared_lambda(make_args):
@@ -407,19 +428,22 @@ def test_resume_mid_ramp_is_bit_identical(tmp_path, method, name):
         model = tiny_bert(seed=1)
         config = PDPConfig(method=method, pruning_start=0.1, pruning_end=0.6, harden_at=0.8, threshold_refresh_steps=4,
                            **RESUMED[name])
-        args = training_args(output_dir, save_strategy="steps", save_steps=6)
+        args = training_args(output_dir, save_strategy="steps", save_steps=save)
         PrunerTrainer(model=model, args=args, train_dataset=text_dataset(), pdp_config=config).train(resume_from_checkpoint=resume)
         return model
 
+    # The learned distribution re-ranks at exact refreshes (steps 2, 6, 10 here): resume between them, from the
+    # checkpoint's budgets.
+    save = 7 if name == "learned" else 6
     full = run(tmp_path / "full")
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "full" / "checkpoint-6" / "model.safetensors"), framework="pt") as f:
+    with safe_open(str(tmp_path / "full" / f"checkpoint-{save}" / "model.safetensors"), framework="pt") as f:
         assert any(k.startswith("pdp_scores.") for k in f.keys())  # the scores travel with the weights
     if method == "smart":
-        with safe_open(str(tmp_path / "full" / "checkpoint-6" / "pruning_state.safetensors"), framework="pt") as f:
+        with safe_open(str(tmp_path / "full" / f"checkpoint-{save}" / "pruning_state.safetensors"), framework="pt") as f:
             assert any(k.startswith("method.") and k.endswith(".lambda") for k in f.keys())
-    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-6"))
+    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / f"checkpoint-{save}"))
     for (key, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
 

@@ -135,7 +135,8 @@ class MaskMethod:
 
     def adjust_score_gradients(self, groups: list[UnitGroup]) -> None:
         """Fix up the scores' gradients in place before an optimizer step (after backward, all-reduce, unscaling
-        and clipping); must be linear in the gradients, so gradient accumulation and DDP averaging commute with it."""
+        and clipping, whose norm does not see the fix-up); must be linear in the gradients, so gradient
+        accumulation and DDP averaging commute with it."""
 
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of `member` for a training forward; `module` is the module that runs (`member.module`,

@@ -133,18 +133,23 @@ class SmartMethod(MaskMethod):
         """The shared lambda's part of the gradient. The forward treats lambda as a constant, so autograd gives
         grad_i = (d_i / tau) g_i with d = f (1 - f) and g the gradient with respect to the mask; the implicit gradient
         through lambda(s) (the constraint sum f = k over the pool) is grad_i - d_i * sum(grad) / sum(d) over the pool
-        (`pdp_hf.topk` for the formula). Linear in the gradients, so it commutes with accumulation, DDP averaging,
-        unscaling and clipping."""
+        (`pdp_hf.topk` for the formula). Linear in the gradients, so it commutes with accumulation, DDP averaging
+        and unscaling; gradient clipping scales it too, but measured the norm before it. A group of the pool without
+        a gradient (unused in the loss) counts as a zero gradient: it still shares lambda's constraint."""
         if not self.shared_lambda:
             return
-        pools = _pools(g for g in groups if self._shares(g) and g.score.grad is not None and "lambda" in g.state)
-        for members in pools.values():
+        for members in _pools(g for g in groups if self._shares(g) and "lambda" in g.state).values():
             slopes = [self._slope(g) for g in members]
             total_d = sum(d.sum(dtype=torch.float64) for d in slopes)
             if float(total_d) <= 0.0:
                 continue  # every mask saturated: no gradient flows through lambda
-            scale = sum(g.score.grad.sum(dtype=torch.float64) for g in members) / total_d
+            grads = [g.score.grad for g in members if g.score.grad is not None]
+            if not grads:
+                continue
+            scale = sum(grad.sum(dtype=torch.float64) for grad in grads) / total_d
             for g, d in zip(members, slopes):
+                if g.score.grad is None:
+                    g.score.grad = torch.zeros_like(g.score)
                 g.score.grad.sub_((d * scale.float()).to(g.score.grad.dtype))
 
     def _slope(self, group: UnitGroup) -> torch.Tensor:
