@@ -57,7 +57,7 @@ def test_grid_runs_what_is_missing_in_priority_order_and_tables_what_finished(tm
     assert "| 2 | 80.00 ± 1.41 | 79.00, 81.00 |" in rows[("90% unstructured, uniform", "pdp")]  # seed 43 failed
     assert "not run yet" in rows[("90% unstructured, uniform", "smart")]
     assert "| magnitude | `--sparsity_schedule` | linear | 78.00 |" in table
-    assert "| movement | `--movement_score_init` | magnitude | not run yet |" in table
+    assert "| movement | `--movement_score_init` | magnitude (default) | not run yet |" in table
 
 
 def test_every_run_is_a_demo_command_that_changes_only_the_compared_settings():
