@@ -110,19 +110,25 @@ def runs(settings: list[str], seeds=SEEDS) -> dict[str, tuple[str, str, int, lis
 def priority(setting: str, method: str, seed: int) -> int:
     """The order of the grid, for a machine that runs about 12 runs per 3-hour session: every method at seed 42 of 90%
     uniform; the baselines' own knobs (magnitude's schedule, movement's score init); seeds 43/44 of 90% uniform for
-    every pruning method (dense's wait); SMART with the learned distribution; the
-    structured setting at seed 42 (the SMART vs magnitude goal); then the rest."""
-    if setting == "90u" and seed == SEEDS[0]:
+    every pruning method; SMART with the learned distribution; the structured setting at seed 42 (the SMART vs
+    magnitude goal); distillation at seed 42; every other setting at seed 42 (global, 80%); then dense's seeds, the
+    structured setting's other seeds for magnitude and SMART, and the remaining knobs; then the rest."""
+    first = seed == SEEDS[0]
+    if setting == "90u" and first:
         return 0
     if setting == "tune":
-        return 1 if method in ("magnitude", "movement") else 6
+        return 1 if method in ("magnitude", "movement") else 7
     if setting == "90u":
-        return 2 if method != "dense" else 5
-    if setting == "90l" and seed == SEEDS[0]:
-        return 3 if method == "smart" else 5
-    if setting == "n50u" and seed == SEEDS[0]:
-        return 4 if method != "movement" else 5
-    return 7
+        return 2 if method != "dense" else 7
+    if setting == "90l" and first:
+        return 3 if method == "smart" else 7
+    if setting == "n50u":
+        if first:
+            return 4 if method != "movement" else 7
+        return 7 if method in ("magnitude", "smart") else 8
+    if first:
+        return 5 if setting == "90ukd" else 6
+    return 8
 
 
 def available_methods() -> set[str]:
