@@ -184,7 +184,8 @@ class Pruner:
             return
         for group in self.groups:  # a value cached by an interrupted forward must not outlive a mask change
             group._forward_cache = None
-        if step >= schedule.start and self.budgets is None:
+        fresh = step >= schedule.start and self.budgets is None
+        if fresh:
             self.budgets = self.compute_budgets()
             self._warn_pre_pruned()
         if schedule.hardens_at(step):
@@ -197,7 +198,7 @@ class Pruner:
         exact = schedule.is_exact(step, self.config.threshold_refresh_steps)
         if exact:
             self.check_finite(f"optimizer step {step}")
-            if self.budgets is not None and self.config.sparsity_distribution == "learned":
+            if self.budgets is not None and not fresh and self.config.sparsity_distribution == "learned":
                 self.budgets = self.compute_budgets()  # the learned scores re-rank the layers (saved with checkpoints)
         for group in self.groups:
             zeros = zeros_at(frac, self.budgets[group.name]) if self.budgets else 0
@@ -285,14 +286,15 @@ class Pruner:
         if self._score_grad_hook is not None:
             self._score_grad_hook.remove()
             self._score_grad_hook = None
-        inner = _innermost_optimizer(optimizer)
+        inner = _unwrap_optimizer(optimizer)
         if optimizer is not None and self.method.adjusts_score_gradients(self.config):
-            if type(inner).__module__.startswith("deepspeed") or not hasattr(inner, "register_step_pre_hook"):
+            blocker = next((o for o in _optimizer_chain(optimizer) if _from_deepspeed(o)), inner)
+            if blocker is not inner or not hasattr(inner, "register_step_pre_hook"):
                 # ZeRO keeps gradients in flat partitions (param.grad is None): nothing to correct per score
                 logger.warning(
                     "pdp_hf: method %r with sparsity_distribution=%r corrects the scores' gradients before each "
                     "optimizer step, which %s does not allow: the scores will train as if lambda were fixed.",
-                    self.config.method, self.config.sparsity_distribution, type(inner).__name__,
+                    self.config.method, self.config.sparsity_distribution, type(blocker).__name__,
                 )
             else:  # after backward, DDP's all-reduce, unscaling and clipping; the fix-up is linear in the gradients
                 self._score_grad_hook = inner.register_step_pre_hook(lambda *_: self.adjust_score_gradients())
@@ -328,12 +330,9 @@ class Pruner:
         scores = self.score_parameters()
         if not scores or optimizer is None:
             return
-        inner = optimizer
-        while not hasattr(inner, "param_groups") and hasattr(inner, "optimizer"):
-            inner = inner.optimizer
-        if type(inner).__module__.startswith("deepspeed"):
+        if _is_deepspeed(optimizer):
             return  # ZeRO replaces each group's params with flat partitions: nothing to compare them with
-        groups = getattr(inner, "param_groups", [])
+        groups = getattr(_unwrap_optimizer(optimizer, "param_groups"), "param_groups", [])
         held = {id(p): group for group in groups for p in group["params"]}
         if not all(id(p) in held for p in scores):
             raise ValueError(
@@ -409,19 +408,33 @@ class Pruner:
         load_state(self, directory)
 
 
-def _innermost_optimizer(optimizer):
-    """The torch optimizer inside wrappers such as accelerate's AcceleratedOptimizer (whose `step` runs the inner
-    one's, after unscaling, and only on steps that really update)."""
-    while hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return optimizer
+def _optimizer_chain(optimizer) -> list:
+    """The optimizer and what it wraps, outermost first: accelerate's AcceleratedOptimizer (whose `step` runs the
+    inner one's, after unscaling, and only on steps that really update), DeepSpeed's ZeRO optimizer, the torch one."""
+    chain = [optimizer]
+    while hasattr(chain[-1], "optimizer"):
+        chain.append(chain[-1].optimizer)
+    return chain
+
+
+def _unwrap_optimizer(optimizer, attribute: str | None = None):
+    """The outermost optimizer in the chain that has `attribute` (None: the innermost one)."""
+    chain = _optimizer_chain(optimizer)
+    return next((o for o in chain if attribute is not None and hasattr(o, attribute)), chain[-1])
+
+
+def _from_deepspeed(obj) -> bool:
+    return type(obj).__module__.startswith("deepspeed")
+
+
+def _is_deepspeed(optimizer) -> bool:
+    """Whether DeepSpeed's optimizer is the given one or anywhere inside it."""
+    return any(_from_deepspeed(o) for o in _optimizer_chain(optimizer))
 
 
 def optimizer_state(optimizer) -> dict:
     """`optimizer.state` (param -> dict of tensors) through wrappers such as accelerate's AcceleratedOptimizer."""
-    while not hasattr(optimizer, "state") and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return getattr(optimizer, "state", {})
+    return getattr(_unwrap_optimizer(optimizer, "state"), "state", {})
 
 
 def global_budgets(scores: dict[str, torch.Tensor], target: float, tie_break=None) -> dict[str, int]:

@@ -290,8 +290,11 @@ def test_learned_distribution_follows_the_ranking_of_the_scores_across_layers(me
         return {g.name: int((g.score.detach() <= cut).sum()) for g in pruner.groups}
 
     set_scores(favoured=0)
+    ranked, compute = [], pruner.compute_budgets
+    pruner.compute_budgets = lambda: ranked.append(1) or compute()
     pruner.step(0)
     assert pruner.budgets == expected_budgets()
+    assert len(ranked) == 1  # the first pruning step (also an exact refresh) ranks once
     first = pruner.groups[0].name
     assert pruner.budgets[first] < min(b for n, b in pruner.budgets.items() if n != first)  # the favoured layer keeps more
     set_scores(favoured=3)
@@ -309,6 +312,22 @@ def test_learned_distribution_follows_the_ranking_of_the_scores_across_layers(me
     model = finalize_pruning(model)  # hardening ranks the final scores once more, exactly
     zeros = {name: int((m.weight == 0).sum()) for name, m in model.named_modules() if name in final}
     assert zeros == final
+
+
+def test_deepspeed_zero_gets_a_warning_instead_of_the_shared_lambda_fix_up(caplog):
+    """ZeRO hands the torch optimizer flat partitions (the scores' .grad stays None): the fix-up cannot run, and the
+    scores cannot be found in its groups. Said, not refused, wherever DeepSpeed sits in the wrapper chain."""
+    model = apply_pruning(tiny_bert(), PDPConfig(method="smart", target_sparsity=0.5, sparsity_distribution="learned"))
+    pruner = get_pruner(model)
+    base = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(4))])  # a flat partition, not the scores
+    zero = type("DeepSpeedZeroOptimizer", (), {"__module__": "deepspeed.runtime.zero.stage_1_and_2"})()
+    zero.optimizer, zero.param_groups = base, base.param_groups
+    accelerated = type("AcceleratedOptimizer", (), {})()
+    accelerated.optimizer = zero
+    with caplog.at_level(logging.WARNING, logger="pdp_hf.injection"):
+        pruner.set_optimizer(accelerated)
+    assert "which DeepSpeedZeroOptimizer does not allow" in caplog.text
+    assert pruner._score_grad_hook is None and not base._optimizer_step_pre_hooks
 
 
 def test_learned_distribution_ranks_equal_scores_by_magnitude_across_layers():
