@@ -70,6 +70,10 @@ SETTINGS = {
     "n50u": ("50% FFN neurons, uniform", 0.5, ["--granularity", "neuron", "--target_sparsity", "0.5",
                                                "--sparsity_distribution", "uniform"],
              ("magnitude", "movement", "pdp", "smart")),
+    "hn50u": ("50% heads + 50% FFN neurons, uniform", 0.5, ["--granularity", "attention=head,ffn=neuron",
+                                                            "--target_sparsity", "0.5", "--sparsity_distribution",
+                                                            "uniform"],
+              ("magnitude", "movement", "pdp", "smart")),
     "90ukd": ("90% unstructured, uniform, KD", 0.9, ["--target_sparsity", "0.9", "--sparsity_distribution", "uniform",
                                                      "--teacher_model_name_or_path", "outputs/compare/dense_s42/export"],
               ("magnitude", "pdp")),
@@ -110,9 +114,10 @@ def runs(settings: list[str], seeds=SEEDS) -> dict[str, tuple[str, str, int, lis
 def priority(setting: str, method: str, seed: int) -> int:
     """The order of the grid, for a machine that runs about 12 runs per 3-hour session: every method at seed 42 of 90%
     uniform; the baselines' own knobs (magnitude's schedule, movement's score init); seeds 43/44 of 90% uniform for
-    every pruning method; SMART with the learned distribution; the structured setting at seed 42 (the SMART vs
-    magnitude goal); distillation at seed 42; every other setting at seed 42 (global, 80%); then dense's seeds, the
-    structured setting's other seeds for magnitude and SMART, and the remaining knobs; then the rest."""
+    every pruning method; SMART with the learned distribution; the structured settings at seed 42 (the SMART vs
+    magnitude goal; 50% neurons alone costs magnitude only half a point, heads and neurons together more);
+    distillation at seed 42; every other setting at seed 42 (global, 80%); then dense's seeds, the structured
+    settings' other seeds for magnitude and SMART, and the remaining knobs; then the rest."""
     first = seed == SEEDS[0]
     if setting == "90u" and first:
         return 0
@@ -122,7 +127,7 @@ def priority(setting: str, method: str, seed: int) -> int:
         return 2 if method != "dense" else 7
     if setting == "90l" and first:
         return 3 if method == "smart" else 7
-    if setting == "n50u":
+    if setting in ("n50u", "hn50u"):  # structured
         if first:
             return 4 if method != "movement" else 7
         return 7 if method in ("magnitude", "smart") else 8
