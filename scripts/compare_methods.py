@@ -117,26 +117,29 @@ def priority(setting: str, method: str, seed: int) -> int:
     every pruning method; SMART with the learned distribution; the structured settings at seed 42 (the SMART vs
     magnitude goal; 50% neurons alone costs magnitude only half a point, heads and neurons together more);
     distillation at seed 42; seeds 43/44 of heads + neurons for magnitude and SMART (one seed left them 1.04 apart);
-    every other setting at seed 42 (global, 80%); then dense's seeds, 50% neurons' other seeds for magnitude and
-    SMART, and the remaining knobs; then the rest."""
+    every other setting at seed 42 (global, 80%); then what the comparison needs for three seeds everywhere (dense's
+    seeds, seeds 43/44 of 80%/90% global and uniform); then 50% neurons' other seeds for magnitude and SMART, movement
+    on the learned and structured settings and the remaining knobs; then the rest."""
     first = seed == SEEDS[0]
     if setting == "90u" and first:
         return 0
     if setting == "tune":
-        return 1 if method in ("magnitude", "movement") else 8
+        return 1 if method in ("magnitude", "movement") else 9
     if setting == "90u":
         return 2 if method != "dense" else 8
+    if setting in ("90g", "80u", "80g") and not first:
+        return 8
     if setting == "90l" and first:
-        return 3 if method == "smart" else 8
+        return 3 if method == "smart" else 9
     if setting in ("n50u", "hn50u"):  # structured
         if first:
-            return 4 if method != "movement" else 8
+            return 4 if method != "movement" else 9
         if method in ("magnitude", "smart"):
-            return 6 if setting == "hn50u" else 8
-        return 9
+            return 6 if setting == "hn50u" else 9
+        return 10
     if first:
         return 5 if setting == "90ukd" else 7
-    return 9
+    return 10
 
 
 def available_methods() -> set[str]:
@@ -307,13 +310,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "compare_minilm_sst2"))
     parser.add_argument("--settings", nargs="+", default=ORDER, choices=ORDER)
     parser.add_argument("--table_only", action="store_true", help="Only rebuild the table and plot.")
-    parser.add_argument("--list", action="store_true", help="Print every run and its command, then stop.")
+    parser.add_argument("--list", action="store_true", help="Print every run and its command in run order, then stop.")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     table = runs(args.settings)
     if args.list:
         done = load_results(args.out, table)
-        for name, (_, _, _, demo_argv) in table.items():
+        for name in sorted(table, key=lambda n: priority(*table[n][:3])):  # the order the grid runs them in
+            demo_argv = table[name][3]
             print(f"{'done' if name in done else 'todo'}  {name}: {command_of(demo_argv)}")
         return
     if not args.table_only:
