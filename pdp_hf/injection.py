@@ -203,7 +203,9 @@ class Pruner:
         for group in self.groups:
             zeros = zeros_at(frac, self.budgets[group.name]) if self.budgets else 0
             group.zeros = zeros
-            if zeros:
+            if zeros or self.method.masks_before_pruning:
+                # a method that masks while nothing is pruned must hear of a budget that fell to 0 (the learned
+                # distribution re-ranks layers), or its last mask would go on pruning that layer in training
                 self.method.update(group, zeros, exact)
         pruning = [g for g in self.groups if g.zeros]
         if pruning:
@@ -390,13 +392,15 @@ class Pruner:
     # -- logging --------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        """`sparsity` (hard-mask view over all targeted weights), the method's own values (PDP and SMART:
-        `temperature`), `mask_gap` (mean |soft - hard| mask over the targeted weights)."""
+        """`sparsity` (hard-mask view over all targeted weights), the method's own values while the masks are soft
+        (PDP and SMART: `temperature`; a run resumed after hardening never learns the last one), `mask_gap` (mean
+        |soft - hard| mask over the targeted weights)."""
         numel = sum(g.numel for g in self.groups)
         zeros = sum(g.pruned_weights(g.zeros) for g in self.groups)
         active = [g for g in self.groups if g.zeros and g.hard_mask is None]
         gap = sum(float(self.method.mask_gap(g)) for g in active)
-        return {"sparsity": zeros / numel, **self.method.stats(), "mask_gap": gap / numel}
+        own = {} if self.hardened else self.method.stats()
+        return {"sparsity": zeros / numel, **own, "mask_gap": gap / numel}
 
     # -- checkpoint state -----------------------------------------------------------------------------------------
     def save_state(self, directory: str) -> None:

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, HfArgumentParser
 
 from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, finalize_pruning, get_pruner, sparsity_report
+from pdp_hf.methods import METHODS
 from pdp_hf.methods.smart import SmartMethod
 from pdp_hf.schedules import PruningSchedule
 from pdp_hf.topk import solve_lambda
@@ -27,8 +28,8 @@ def inputs_for(factory):
 
 @pytest.mark.parametrize("factory,dataset", [(tiny_bert, text_dataset), (tiny_vit, image_dataset)], ids=["bert", "vit"])
 @pytest.mark.parametrize("name", list(SETTINGS))
-@pytest.mark.parametrize("method", LEARNED)
-def test_learned_methods_reach_the_exact_target_and_export_plain(factory, dataset, name, method, make_args, tmp_path):
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_reaches_the_exact_target_and_exports_plain(factory, dataset, name, method, make_args, tmp_path):
     model = factory()
     config = PDPConfig(method=method, **SCHEDULE, **SETTINGS[name])
     trainer = PrunerTrainer(model=model, args=make_args(max_steps=12), train_dataset=dataset(), pdp_config=config)
@@ -314,6 +315,34 @@ def test_learned_distribution_follows_the_ranking_of_the_scores_across_layers(me
     assert zeros == final
 
 
+@pytest.mark.parametrize("method", LEARNED)
+def test_a_layer_whose_learned_budget_falls_to_zero_trains_unmasked(method):
+    """At an exact refresh the learned distribution may move a layer's whole budget elsewhere: from then on its
+    training forward must use every unit (movement masks before pruning too, so its last mask must not linger)."""
+    config = PDPConfig(method=method, granularity="head", target_sparsity=0.5, sparsity_distribution="learned",
+                       pruning_start=0, pruning_end=10, harden_at=None, threshold_refresh_steps=5)
+    model = apply_pruning(tiny_bert(layers=4), config).train()
+    pruner = get_pruner(model)
+    pruner.set_total_steps(20)
+
+    def favour(layers, by):
+        with torch.no_grad():
+            for i, group in enumerate(pruner.groups):
+                group.score.copy_(torch.tensor([0.0, 1.0]) + (by if i in layers else 0.0))
+
+    favour(layers=(1, 2, 3), by=5.0)  # layer 0 holds the lowest scores: it prunes first
+    pruner.step(0)
+    pruner.step(4)
+    first = pruner.groups[0]
+    assert first.zeros == 1
+    favour(layers=(0,), by=9.0)
+    pruner.step(5)  # an exact refresh: layer 0 now ranks highest and prunes nothing
+    assert first.zeros == 0 and pruner.budgets[first.name] == 0
+    for member in first.members:
+        weight, _ = member.module.pruned_weight_and_bias()
+        assert torch.equal(weight, member.module.weight), member.name
+
+
 def test_deepspeed_zero_gets_a_warning_instead_of_the_shared_lambda_fix_up(caplog):
     """ZeRO hands the torch optimizer flat partitions (the scores' .grad stays None): the fix-up cannot run, and the
     scores cannot be found in its groups. Said, not refused, wherever DeepSpeed sits in the wrapper chain."""
@@ -518,3 +547,8 @@ def test_method_settings_round_trip_through_json_and_the_argument_parser(tmp_pat
     (parsed,) = HfArgumentParser(PDPConfig).parse_args_into_dataclasses(
         ["--method", "smart", "--smart_temperature_start", "0.5", "--score_learning_rate", "0.02"])
     assert parsed == config
+    movement = PDPConfig(method="movement", movement_score_init="zeros")
+    movement.save_pretrained(tmp_path / "movement")
+    assert PDPConfig.from_pretrained(tmp_path / "movement") == movement
+    (parsed,) = HfArgumentParser(PDPConfig).parse_args_into_dataclasses(["--method", "movement", "--movement_score_init", "zeros"])
+    assert parsed == movement

@@ -121,7 +121,8 @@ class MaskMethod:
         """Called once per optimizer step before the groups' `update`s (e.g. to move a temperature schedule)."""
 
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
-        """Recompute the group's mask state for `zeros` pruned units; `exact=False` allows a cheaper estimate."""
+        """Recompute the group's mask state for `zeros` pruned units; `exact=False` allows a cheaper estimate. Called
+        only while the group prunes units, or at every step (`zeros` 0 too) for methods with `masks_before_pruning`."""
         raise NotImplementedError
 
     def end_update(self, groups: list[UnitGroup]) -> None:

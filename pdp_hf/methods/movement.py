@@ -63,6 +63,9 @@ class MovementMethod(MaskMethod):
     @torch.no_grad()
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
         group.state.pop("eval_keep", None)
+        if zeros == 0:  # before pruning starts, or a learned budget re-ranked to 0: every unit kept
+            group.state.pop("keep", None)
+            return
         keep = None
         if not (exact or group.kind == "n:m" or zeros >= group.num_units):
             # between refreshes, a cut estimated from the fixed sample (count off by about 0.1% of the units) ...

@@ -140,17 +140,18 @@ class SmartMethod(MaskMethod):
             return
         for members in _pools(g for g in groups if self._shares(g) and "lambda" in g.state).values():
             slopes = [self._slope(g) for g in members]
-            total_d = sum(d.sum(dtype=torch.float64) for d in slopes)
+            home = slopes[0].device  # a pool may span devices (device_map): its sums meet on one
+            total_d = sum(d.sum(dtype=torch.float64).to(home) for d in slopes)
             if float(total_d) <= 0.0:
                 continue  # every mask saturated: no gradient flows through lambda
             grads = [g.score.grad for g in members if g.score.grad is not None]
             if not grads:
                 continue
-            scale = sum(grad.sum(dtype=torch.float64) for grad in grads) / total_d
+            scale = (sum(grad.sum(dtype=torch.float64).to(home) for grad in grads) / total_d).float()
             for g, d in zip(members, slopes):
                 if g.score.grad is None:
                     g.score.grad = torch.zeros_like(g.score)
-                g.score.grad.sub_((d * scale.float()).to(g.score.grad.dtype))
+                g.score.grad.sub_((d * scale.to(d.device)).to(g.score.grad.dtype))
 
     def _slope(self, group: UnitGroup) -> torch.Tensor:
         f = torch.sigmoid(group.score.detach().float() / group.state["tau"] + group.state["lambda"].to(group.score.device))
