@@ -70,14 +70,16 @@ def test_every_run_is_a_demo_command_that_changes_only_the_compared_settings():
                 "movement_score_init"}
     shared = {"learning_rate", "max_steps", "per_device_train_batch_size", "warmup_steps", "weight_decay",
               "lr_scheduler_type", "pruning_start", "pruning_end", "harden_at", "threshold_refresh_steps"}
-    for name, (_, method, seed, argv) in table.items():
+    longer = {"max_steps", "train_samples", "warmup_steps"}  # scaled together, for every method of such a setting
+    for name, (setting, method, seed, argv) in table.items():
         demo_args, training, config = demo.parse_args(argv)  # every flag exists and parses
         assert training.seed == seed and training.output_dir == f"outputs/compare/{name}", name
-        assert (demo_args.train_samples, demo_args.max_seq_length) == (base_args.train_samples, base_args.max_seq_length)
+        times = 3 if setting in grid.TRAINING_FLAGS else 1
+        assert (demo_args.train_samples, demo_args.max_seq_length) == (times * base_args.train_samples, base_args.max_seq_length)
         for field in shared:
             ours, base = (config, base_config) if hasattr(config, field) else (training, base_training)
-            assert getattr(ours, field) == getattr(base, field), (name, field)
+            assert getattr(ours, field) == getattr(base, field) * (times if field in longer else 1), (name, field)
         flags = {a[2:] for a in argv if a.startswith("--")} - {"output_dir", "seed"}
-        assert flags <= compared, (name, flags - compared)
+        assert flags <= compared | (longer if times > 1 else set()), (name, flags - compared)
         assert config.method == ("pdp" if method == "dense" else method), name
         assert (config.target_sparsity == 0) == (method == "dense"), name
