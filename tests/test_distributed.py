@@ -52,16 +52,18 @@ def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path):
 
 
 @pytest.mark.skipif(NO_TORCHRUN, reason="torchrun not installed")
-def test_ddp_learned_scores_and_masks_are_identical_on_both_ranks(tmp_path):
+@pytest.mark.parametrize("method,port", [("smart-learned", "29534"), ("movement", "29535")])
+def test_ddp_learned_scores_and_masks_are_identical_on_both_ranks(method, port, tmp_path):
     """SMART's scores are parameters: DDP all-reduces their gradients, so both ranks hold the same scores, the same
     lambdas and the same masks, with nothing broadcast by pdp_hf. Run with the learned distribution: one lambda across
     layers, whose gradient fix-up runs on each rank after the all-reduce, and budgets re-ranked from the scores. With
     activation checkpointing Trainer builds DDP without find_unused_parameters, so the scores must get a gradient
-    also in the dense stage and after hardening."""
+    also in the dense stage and after hardening. Movement (uniform budgets) trains its scores straight-through from
+    the first step."""
     ddp = tmp_path / "ddp"
     ddp.mkdir()
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
-         WORKER, str(ddp), "4", "smart-learned", "checkpointing"], tmp_path)
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+         WORKER, str(ddp), "4", method, "checkpointing"], tmp_path)
     r0, r1 = load_file(ddp / "rank0.safetensors"), load_file(ddp / "rank1.safetensors")
     assert len([k for k in r0 if k.startswith("score.")]) == len([k for k in r0 if k.startswith("hard_mask.")]) == 12
     for key in r0:
