@@ -124,7 +124,7 @@ def priority(setting: str, method: str, seed: int) -> int:
     uniform; the baselines' own knobs (magnitude's schedule, movement's score init); seeds 43/44 of 90% uniform for
     every pruning method; SMART with the learned distribution; the structured settings at seed 42 (the SMART vs
     magnitude goal; 50% neurons alone costs magnitude only half a point, heads and neurons together more);
-    distillation at seed 42; seeds 43/44 of heads + neurons for magnitude and SMART (one seed left them 1.04 apart);
+    distillation at seed 42; seeds 43/44 of heads + neurons for magnitude and SMART (one seed left them 1.03 apart);
     every other setting at seed 42 (global, 80%); then what the comparison needs for three seeds everywhere (dense's
     seeds, seeds 43/44 of 80%/90% global and uniform); then dense, magnitude and PDP trained 3x longer at seed 42
     (does the gap to dense close?); then 50% neurons' other seeds for magnitude and SMART, movement on the learned and
@@ -134,7 +134,7 @@ def priority(setting: str, method: str, seed: int) -> int:
         return 0
     if setting == "tune":
         return 1 if method in ("magnitude", "movement") else 10
-    if setting == "90u3x":
+    if setting in TRAINING_FLAGS:  # the longer training
         return 9 if first else 11
     if setting == "90u":
         return 2 if method != "dense" else 8
