@@ -264,7 +264,42 @@ def markdown(out: str, settings: list[str]) -> str:
             f"{sum(cell['minutes']) / len(accs):.1f} | `{command_of(argv)}` |"
         )
     text = "\n".join(lines) + "\n"
+    text += "\n" + differences_markdown(cells)
     return text + "\nEach method's own knob at 90% uniform, seed 42 (`--settings tune`):\n\n" + tuning_markdown(out)
+
+
+def paired_difference(cell: dict, reference: dict) -> str:
+    """Mean ± std of the per-seed differences cell - reference over the seeds both finished, and the paired t
+    (mean / (std / sqrt(n))): two runs with the same seed share the data order and the classifier's init."""
+    ref = dict(zip(reference.get("seeds", []), reference.get("accs", [])))
+    diffs = [acc - ref[seed] for seed, acc in zip(cell["seeds"], cell["accs"]) if seed in ref]
+    if not diffs:
+        return ""
+    mean, std = mean_std(diffs)
+    if len(diffs) == 1:
+        return f"{mean:+.2f} (1 seed)"
+    t = f", t = {mean / (std / math.sqrt(len(diffs))):+.1f}" if std > 1e-6 else ""  # not float noise of equal gaps
+    return f"{mean:+.2f} ± {std:.2f} ({len(diffs)} seeds{t})"
+
+
+def differences_markdown(cells: dict) -> str:
+    """Each pruning method against magnitude and against dense at the same seeds (dense: the setting's own dense run
+    where the setting changes the training, else the shared one)."""
+    lines = [
+        "Differences in points, paired by seed (mean ± std of the per-seed differences; t = mean / (std / sqrt(n)),",
+        "for 2 degrees of freedom |t| > 4.3 is the two-sided 5% level):",
+        "",
+        "| setting | method | minus magnitude | minus dense |",
+        "|---|---|---:|---:|",
+    ]
+    for (setting, method), cell in cells.items():
+        if method in ("dense", "magnitude") or not cell["accs"]:
+            continue
+        dense = cells.get((setting, "dense")) or cells.get((ORDER[0], "dense"), {})
+        magnitude = cells.get((setting, "magnitude"), {})
+        lines.append(f"| {SETTINGS[setting][0]} | {method} | {paired_difference(cell, magnitude)} | "
+                     f"{paired_difference(cell, dense)} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(out: str, settings: list[str], path: str) -> None:

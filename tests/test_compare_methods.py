@@ -50,12 +50,15 @@ def test_grid_runs_what_is_missing_in_priority_order_and_tables_what_finished(tm
     ]
     table = open(out + ".md", encoding="utf-8").read()
     assert os.path.getsize(out + ".png") > 0
-    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in table.splitlines() if line.startswith("| 9")}
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in table.split("Differences")[0].splitlines()
+            if line.startswith("| 9")}
     magnitude = [78.0, 79.0, 80.0]
     assert f"| 3 | {statistics.mean(magnitude):.2f} ± {statistics.stdev(magnitude):.2f} | 78.00, 79.00, 80.00 |" in rows[
         ("90% unstructured, uniform", "magnitude")]
     assert "| 2 | 80.00 ± 1.41 | 79.00, 81.00 |" in rows[("90% unstructured, uniform", "pdp")]  # seed 43 failed
     assert "not run yet" in rows[("90% unstructured, uniform", "smart")]
+    # pdp finished seeds 42 and 44; each is 1 point above magnitude and 7 below dense at the same seed
+    assert "| 90% unstructured, uniform | pdp | +1.00 ± 0.00 (2 seeds) | -7.00 ± 0.00 (2 seeds) |" in table
     assert "| magnitude | `--sparsity_schedule` | linear | 78.00 |" in table
     assert "| movement | `--movement_score_init` | magnitude (default) | not run yet |" in table
 
