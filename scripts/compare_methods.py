@@ -286,8 +286,8 @@ def differences_markdown(cells: dict) -> str:
     """Each pruning method against magnitude and against dense at the same seeds (dense: the setting's own dense run
     where the setting changes the training, else the shared one)."""
     lines = [
-        "Differences in points, paired by seed (mean ± std of the per-seed differences; t = mean / (std / sqrt(n)),",
-        "for 2 degrees of freedom |t| > 4.3 is the two-sided 5% level):",
+        "Differences in points, paired by seed (mean ± std of the per-seed differences; t = mean / (std / sqrt(n));",
+        "the two-sided 5% level is |t| > 12.7 with 2 seeds and |t| > 4.3 with 3):",
         "",
         "| setting | method | minus magnitude | minus dense |",
         "|---|---|---:|---:|",
