@@ -295,7 +295,7 @@ def differences_markdown(cells: dict) -> str:
     for (setting, method), cell in cells.items():
         if method in ("dense", "magnitude") or not cell["accs"]:
             continue
-        dense = cells.get((setting, "dense")) or cells.get((ORDER[0], "dense"), {})
+        dense = cells.get((setting, "dense")) or cells.get(("90u", "dense"), {})  # the shared dense runs, as in plot()
         magnitude = cells.get((setting, "magnitude"), {})
         lines.append(f"| {SETTINGS[setting][0]} | {method} | {paired_difference(cell, magnitude)} | "
                      f"{paired_difference(cell, dense)} |")
