@@ -98,6 +98,7 @@ def tuning_runs(seed: int = SEEDS[0]) -> dict[str, tuple[str, str, int, list[str
 
 
 ORDER = ["90u", "tune", *[k for k in SETTINGS if k != "90u"]]  # what the grid runs first
+SHARED_DENSE = ("90u", "dense")  # the dense runs every setting that keeps the recipe is compared with
 
 
 def runs(settings: list[str], seeds=SEEDS) -> dict[str, tuple[str, str, int, list[str]]]:
@@ -295,7 +296,7 @@ def differences_markdown(cells: dict) -> str:
     for (setting, method), cell in cells.items():
         if method in ("dense", "magnitude") or not cell["accs"]:
             continue
-        dense = cells.get((setting, "dense")) or cells.get(("90u", "dense"), {})  # the shared dense runs, as in plot()
+        dense = cells.get((setting, "dense")) or cells.get(SHARED_DENSE, {})
         magnitude = cells.get((setting, "magnitude"), {})
         lines.append(f"| {SETTINGS[setting][0]} | {method} | {paired_difference(cell, magnitude)} | "
                      f"{paired_difference(cell, dense)} |")
@@ -311,7 +312,7 @@ def plot(out: str, settings: list[str], path: str) -> None:
 
     cells = summary(out, [s for s in settings if s != "tune"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    dense = cells.get(("90u", "dense"), {}).get("accs", [])
+    dense = cells.get(SHARED_DENSE, {}).get("accs", [])
     if dense:
         mean, std = mean_std(dense)
         ax.axhline(mean, color="black", lw=1, label=f"dense ({mean:.2f})")
