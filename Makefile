@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # Style (ruff.toml), the docstring examples of the package (doctests), and the test suite.
 test: $(STAMP)
-	$(PY) -m ruff check pdp_hf scripts tests
+	$(PY) -m ruff check pdp_hf scripts benchmarks tools tests
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q --doctest-modules pdp_hf tests $(ARGS)
 
 # A reference config on the packaged MiniLM (offline), e.g. make glue CONFIG=scripts/configs/minilm_rte_90_pdp.json

@@ -1,4 +1,4 @@
-"""scripts/compare_methods.py: the grid runs what is missing in its priority order, survives a failed run, builds its
+"""benchmarks/compare_methods.py: the grid runs what is missing in its priority order, survives a failed run, builds its
 table (mean ± std over the seeds that finished) from whatever exists, and every run's command is one the demo
 accepts, differing from the others only in method settings, budget, distribution, seed and output directory."""
 
@@ -12,7 +12,7 @@ from tests.test_demo import SCRIPTS, load_demo
 
 
 def load_grid():
-    spec = importlib.util.spec_from_file_location("compare_methods", os.path.join(SCRIPTS, "compare_methods.py"))
+    spec = importlib.util.spec_from_file_location("compare_methods", os.path.join(SCRIPTS, "..", "benchmarks", "compare_methods.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules["compare_methods"] = module
     spec.loader.exec_module(module)

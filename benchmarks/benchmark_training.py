@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Training-step cost of pruning beside dense training, as ratios measured side by side in one process.
 
-    python scripts/benchmark_training.py                                  # BERT-base width, 4 layers; batch 8 and 32
-    python scripts/benchmark_training.py --shape minilm --batch_sizes 8 --steps 10
-    python scripts/benchmark_training.py --device cuda --dtype bf16        # on a GPU, bf16 autocast
+    python benchmarks/benchmark_training.py                                  # BERT-base width, 4 layers; batch 8 and 32
+    python benchmarks/benchmark_training.py --shape minilm --batch_sizes 8 --steps 10
+    python benchmarks/benchmark_training.py --device cuda --dtype bf16        # on a GPU, bf16 autocast
 
 Every variant is its own copy of the same model (random weights: cost does not depend on them) with its own AdamW,
 trained on the same batches. Steps are interleaved (one step of every variant, in a fresh random order, then the

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """PDP and magnitude at each granularity on MiniLM SST-2 (the `make demo` recipe), like for like.
 
-    python scripts/granularity_grid.py                 # run what is missing, then write the table
-    python scripts/granularity_grid.py --table_only    # only rebuild the table from the finished runs
+    python benchmarks/granularity_grid.py                 # run what is missing, then write the table
+    python benchmarks/granularity_grid.py --table_only    # only rebuild the table from the finished runs
 
 Every run is `scripts/demo.py` with the same model, data, seed (42), steps (600), batch and schedule points, and
 `sparsity_distribution="uniform"` for both methods (N:M requires it, and it keeps the comparison like for like);
@@ -45,7 +45,7 @@ def run_one(name: str, args: list[str], out: str) -> None:
     argv = ["--sparsity_distribution", "uniform", "--output_dir", os.path.join("outputs", "grid", name)] + args
     tmp = os.path.join(out, name + ".json.tmp")
     code = (
-        f"import json, sys; sys.path.insert(0, {HERE!r}); import demo; r = demo.main({argv!r}); "
+        f"import json, sys; sys.path.insert(0, {os.path.join(HERE, '..', 'scripts')!r}); import demo; r = demo.main({argv!r}); "
         f"json.dump({{**r, 'argv': {argv!r}}}, open({tmp!r}, 'w'), indent=2)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -73,7 +73,7 @@ def table(out: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(HERE, "..", "benchmarks", "granularity_minilm_sst2"))
+    parser.add_argument("--out", default=os.path.join(HERE, "granularity_minilm_sst2"))
     parser.add_argument("--table_only", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)

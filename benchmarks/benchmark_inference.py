@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Inference speed of pruned models, side by side in one run: dense vs sliced structure vs CSR kernels.
 
-    python scripts/benchmark_inference.py                      # CPU, fp32, both shapes, batch 1 and 32, seq 128
-    python scripts/benchmark_inference.py --device cuda --dtype bf16   # adds 2:4 semi-structured on a capable GPU
-    python scripts/benchmark_inference.py --kernels    # per-Linear CSR vs dense at BERT-base shapes (the CSR bound)
+    python benchmarks/benchmark_inference.py                      # CPU, fp32, both shapes, batch 1 and 32, seq 128
+    python benchmarks/benchmark_inference.py --device cuda --dtype bf16   # adds 2:4 semi-structured on a capable GPU
+    python benchmarks/benchmark_inference.py --kernels    # per-Linear CSR vs dense at BERT-base shapes (the CSR bound)
 
 Models: all-MiniLM-L6-v2 (the packaged weights when installed, else its shape with random weights) and a
 BERT-base-width model (hidden 768, FFN 3072, 12 heads; `--bert_layers` of them, random weights: speed does not depend

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Every method trains on CUDA under bf16 autocast and ends with exact sparsity (a check for a machine with a GPU).
 
-    PYTHONPATH=. python scripts/check_methods_gpu.py      # the H200 run's output: benchmarks/gpu_checks.txt
+    PYTHONPATH=. python tools/check_methods_gpu.py      # the H200 run's output: benchmarks/gpu_checks.txt
 
 A small BERT (hidden 128, 2 layers) in a custom loop with the pruner driven by hand (scores in their own AdamW group,
 `set_optimizer` for hardening), 24 steps through the ramp and hardening, then `finalize_pruning` and the report.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Size of a compressed export against the plain one, for a finished export folder.
 
-    python scripts/benchmark_compressed.py outputs/demo/export
+    python benchmarks/benchmark_compressed.py outputs/demo/export
 
 Prints the pruned matrices' bytes (bitmask + values vs dense) and the whole weight files, and checks that the
 compressed folder loads back bit-exactly.

@@ -2,7 +2,7 @@
 """A GPU probe (needs CUDA): 2:4 semi-structured vs dense per Linear (CUTLASS and cuSPARSELt) and per BERT-base
 model (eager and torch.compile), then where the time of PDP and magnitude training steps goes (torch.profiler).
 
-    PYTHONPATH=. python scripts/probe_gpu.py      # the H200 run's output: benchmarks/gpu_probe.txt
+    PYTHONPATH=. python tools/probe_gpu.py      # the H200 run's output: benchmarks/gpu_probe.txt
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from pdp_hf import PDPConfig, apply_pruning, finalize_pruning, optimize_for_inference
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import benchmark_training as bt  # noqa: E402
 
 DEVICE = "cuda"

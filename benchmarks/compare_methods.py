@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Dense, magnitude, movement, PDP and SMART on the same model, data, seeds, steps and budgets: which method is worth what.
 
-    python scripts/compare_methods.py                    # run what is missing (in priority order), then the table
-    python scripts/compare_methods.py --table_only       # rebuild the table and plot from the finished runs
-    python scripts/compare_methods.py --settings 90u     # only some settings (see SETTINGS)
-    python scripts/compare_methods.py --list             # every run, finished or not, with its command
+    python benchmarks/compare_methods.py                    # run what is missing (in priority order), then the table
+    python benchmarks/compare_methods.py --table_only       # rebuild the table and plot from the finished runs
+    python benchmarks/compare_methods.py --settings 90u     # only some settings (see SETTINGS)
+    python benchmarks/compare_methods.py --list             # every run, finished or not, with its command
 
 Every run is `scripts/demo.py` (all-MiniLM-L6-v2 on SST-2, 600 steps, batch 32, the demo's schedule points) with
 only the method, its own settings, the budget, the distribution and the seed changed. Each run writes
@@ -30,6 +30,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+SCRIPTS = os.path.join(ROOT, "scripts")  # demo.py, the user's entry point every run goes through
 SEEDS = (42, 43, 44)
 
 # method -> demo flags of the method itself (its own knobs at their chosen values, see README "Comparing methods")
@@ -164,7 +165,7 @@ def available_methods() -> set[str]:
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        dirty = subprocess.run(["git", "status", "--porcelain", "pdp_hf", "scripts"], capture_output=True, text=True, cwd=ROOT)
+        dirty = subprocess.run(["git", "status", "--porcelain", "pdp_hf", "scripts", "benchmarks"], capture_output=True, text=True, cwd=ROOT)
         return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
     except OSError:
         return "unknown"
@@ -176,7 +177,7 @@ def run_one(name: str, argv: list[str], out: str) -> bool:
     record = {"argv": argv, "commit": git_commit()}
     final = os.path.join(out, name + ".json")
     code = (  # the child writes and renames its own result, so a result survives an interrupted parent
-        f"import json, os, sys; sys.path.insert(0, {HERE!r}); import demo; r = demo.main({argv!r}); "
+        f"import json, os, sys; sys.path.insert(0, {SCRIPTS!r}); import demo; r = demo.main({argv!r}); "
         f"json.dump({{**r, **{record!r}}}, open({tmp!r}, 'w'), indent=2); os.replace({tmp!r}, {final!r})"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
@@ -241,7 +242,7 @@ def markdown(out: str, settings: list[str]) -> str:
     lines = [
         "SST-2 dev accuracy (872 sentences) of all-MiniLM-L6-v2 after `scripts/demo.py` (600 steps) with each method;",
         "mean ± sample standard deviation over the seeds that finished. Sparsity: zeros in the targeted encoder",
-        "Linear weights. Built by `python scripts/compare_methods.py`; the exact command of each cell's first finished",
+        "Linear weights. Built by `python benchmarks/compare_methods.py`; the exact command of each cell's first finished",
         "seed is shown (the other seeds differ in `--seed` and `--output_dir`). Minutes are wall time on the 2-core",
         "machine, inflated where other work shared the cores.",
         "",

@@ -1,0 +1,283 @@
+#!/usr/bin/env python
+"""The speed-accuracy frontier of structured pruning: SST-2 accuracy against the measured speedup of each export.
+
+    python benchmarks/frontier.py                 # run what is missing (plan order), measure each export, then tables
+    python benchmarks/frontier.py --list          # every run, finished or not, with its command
+    python benchmarks/frontier.py --measure       # re-time every finished export (do it on a quiet machine)
+    python benchmarks/frontier.py --table_only    # rebuild frontier_minilm_sst2.{md,json,png} from what finished
+
+Every run is `scripts/demo.py` (all-MiniLM-L6-v2 on SST-2, 600 steps, batch 32) pruning attention heads and FFN
+neurons, with only the method, the budget, the recipe and the seed changed. Recipes:
+
+- `pre`: prune the pretrained encoder while fine-tuning it (the demo recipe, as in compare_methods.py);
+- `ftkd`: prune the task-fine-tuned dense model of the same seed (the dense run's export) and distil from it, the
+  downstream recipe of oBERT, CoFi and nn_pruning.
+
+Each run writes `<out>/<name>.json` the moment it finishes and is skipped afterwards, so the grid resumes where it
+stopped. After each run its export is timed against the dense model, side by side in one process (batch 32 and 1,
+sequence 128, this CPU), and the times go to `<out>/<name>.speed.json`; `--measure` redoes that for every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from compare_methods import git_commit, mean_std, run_one  # noqa: E402  (one runner for both grids)
+
+SEEDS = (42, 43, 44)
+OUT = os.path.join(HERE, "frontier_minilm_sst2")
+METHOD_ARGS = {
+    "dense": ["--target_sparsity", "0"],
+    "magnitude": ["--method", "magnitude", "--sparsity_schedule", "cubic"],
+    "movement": ["--method", "movement", "--sparsity_schedule", "cubic", "--movement_score_init", "magnitude"],
+    "pdp": ["--method", "pdp"],
+    "smart": ["--method", "smart"],
+}
+# setting -> (label, demo flags). Sparsities are picked from a fixed-plus-proportional cost fit to the measured 1.80x
+# of 50% heads + 50% neurons at batch 32 (speedup = 9 / (1 + 8 (1 - s))): 60% ~ 2.2x, 75% ~ 3x, 85% ~ 4.1x.
+SETTINGS = {
+    "hn40u": ("40% heads + 40% neurons, uniform", ["--target_sparsity", "0.4"]),
+    "hn60u": ("60% heads + 60% neurons, uniform", ["--target_sparsity", "0.6"]),
+    "hn75u": ("75% heads + 75% neurons, uniform", ["--target_sparsity", "0.75"]),
+    "hn85u": ("85% heads + 85% neurons, uniform", ["--target_sparsity", "0.85"]),
+}
+STRUCTURE = ["--granularity", "attention=head,ffn=neuron", "--sparsity_distribution", "uniform"]
+RECIPES = ("pre", "ftkd")
+# The order the grid runs in: (methods, settings, recipes, seeds). First the recipe question at 2x and 3x for SMART and
+# magnitude (seed 42), then their seeds, then the other methods and speeds.
+PLAN = [
+    (("dense",), ("-",), ("-",), (42,)),
+    (("smart", "magnitude"), ("hn60u",), RECIPES, (42,)),
+    (("smart", "magnitude"), ("hn75u",), RECIPES, (42,)),
+    (("dense",), ("-",), ("-",), (43, 44)),
+    (("smart", "magnitude"), ("hn60u", "hn75u"), ("ftkd",), (43, 44)),
+    (("pdp", "movement"), ("hn60u", "hn75u"), ("ftkd",), (42,)),
+    (("smart", "magnitude"), ("hn40u", "hn85u"), ("ftkd",), (42,)),
+    (("smart", "magnitude"), ("hn60u", "hn75u"), ("pre",), (43, 44)),
+]
+
+
+def dense_dir(seed: int) -> str:
+    return f"outputs/frontier/dense_s{seed}"
+
+
+def run_name(method: str, setting: str, recipe: str, seed: int) -> str:
+    return f"dense_s{seed}" if method == "dense" else f"{method}_{setting}_{recipe}_s{seed}"
+
+
+def demo_argv(method: str, setting: str, recipe: str, seed: int) -> list[str]:
+    name = run_name(method, setting, recipe, seed)
+    out = dense_dir(seed) if method == "dense" else f"outputs/frontier/{name}"
+    argv = ["--output_dir", out, "--seed", str(seed), *METHOD_ARGS[method]]
+    if method == "dense":
+        return argv
+    argv += STRUCTURE + SETTINGS[setting][1]
+    if recipe == "ftkd":
+        teacher = os.path.join(dense_dir(seed), "export")
+        argv += ["--model_name_or_path", teacher, "--teacher_model_name_or_path", teacher]
+    return argv
+
+
+def runs() -> dict[str, tuple[str, str, str, int]]:
+    """name -> (method, setting, recipe, seed), in plan order."""
+    table = {}
+    for methods, settings, recipes, seeds in PLAN:
+        for seed in seeds:
+            for setting in settings:
+                for recipe in recipes:
+                    for method in methods:
+                        table.setdefault(run_name(method, setting, recipe, seed), (method, setting, recipe, seed))
+    return table
+
+
+def load(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def ensure_teacher(seed: int, out: str) -> bool:
+    """The dense export of `seed` on this machine (a result file can outlive the outputs folder): retrain when absent."""
+    if os.path.isfile(os.path.join(ROOT, dense_dir(seed), "export", "config.json")):
+        return True
+    name = run_name("dense", "-", "-", seed)
+    scratch = os.path.join(out, "_rerun")
+    os.makedirs(scratch, exist_ok=True)
+    return run_one(name, demo_argv("dense", "-", "-", seed), scratch if load(os.path.join(out, name + ".json")) else out)
+
+
+def measure(name: str, out: str, rounds: int = 7) -> dict:
+    """Median forward latency of the dense model and of this run's export, interleaved in one process, on this CPU."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from pdp_hf import load_pruned
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import demo
+
+    record = load(os.path.join(out, name + ".json"))
+    export = os.path.join(ROOT, record["export"])
+    dense = AutoModelForSequenceClassification.from_pretrained(demo.minilm_path(), num_labels=2).eval()
+    stored = load_pruned(export).eval()
+    fast = load_pruned(export, optimize=True).eval()
+    result = {"how": "load_pruned(export, optimize=True) against the dense MiniLM", "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "commit": git_commit()}
+    for batch in (32, 1):
+        ids = torch.randint(0, dense.config.vocab_size, (batch, 128), generator=torch.Generator().manual_seed(0))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        times = {"dense": [], "pruned": []}
+        with torch.inference_mode():
+            diff = (fast(**inputs).logits - stored(**inputs).logits).abs().max().item()
+            if diff > 1e-4:
+                raise RuntimeError(f"{name}: the optimized export's logits differ from the stored ones by {diff}")
+            for model in (dense, fast):  # warm-up
+                model(**inputs)
+            for _ in range(rounds):
+                for key, model in (("dense", dense), ("pruned", fast)):
+                    start = time.perf_counter()
+                    model(**inputs)
+                    times[key].append(time.perf_counter() - start)
+        dense_ms, pruned_ms = (1000 * statistics.median(times[k]) for k in ("dense", "pruned"))
+        result[f"b{batch}"] = {"dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms}
+    with open(os.path.join(out, name + ".speed.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def command_of(argv: list[str]) -> str:
+    return "python scripts/demo.py " + " ".join(a if "," not in a else repr(a) for a in argv)
+
+
+def rows(out: str) -> tuple[list[float], list[dict]]:
+    """Dense accuracies (one per seed) and one row per (method, setting, recipe) with every finished seed."""
+    dense, cells = [], {}
+    for name, (method, setting, recipe, seed) in runs().items():
+        record = load(os.path.join(out, name + ".json"))
+        if record is None:
+            continue
+        if method == "dense":
+            dense.append(100 * record["accuracy"])
+            continue
+        cell = cells.setdefault((method, setting, recipe), {
+            "method": method, "setting": f"{SETTINGS[setting][0]}, {recipe}", "seeds": [], "accuracy": [],
+            "speedup_b32": [], "speedup_b1": [], "command": command_of(demo_argv(method, setting, recipe, seed))})
+        cell["seeds"].append(seed)
+        cell["accuracy"].append(100 * record["accuracy"])
+        speed = load(os.path.join(out, name + ".speed.json"))
+        if speed:
+            cell["speedup_b32"].append(speed["b32"]["speedup"])
+            cell["speedup_b1"].append(speed["b1"]["speedup"])
+    table = []
+    for cell in cells.values():
+        for key in ("speedup_b32", "speedup_b1"):
+            cell[key] = statistics.median(cell[key]) if cell[key] else None
+        table.append(cell)
+    return dense, table
+
+
+def write_outputs(out: str) -> str:
+    dense, table = rows(out)
+    with open(out + ".json", "w", encoding="utf-8") as f:
+        json.dump({"dense": {"accuracy": dense}, "rows": table}, f, indent=2)
+    d_mean = mean_std(dense)[0] if dense else float("nan")
+    lines = [
+        "SST-2 dev accuracy of all-MiniLM-L6-v2 pruned to heads + FFN neurons by `scripts/demo.py` (600 steps), against",
+        "the speedup of its export over the dense model, measured side by side on this 2-core CPU (fp32, seq 128,",
+        "median of interleaved forwards; the median over seeds). Built by `python benchmarks/frontier.py`; each row's",
+        "command is its first seed's (the others differ in `--seed`, `--output_dir` and the teacher's seed).",
+        "",
+        f"Dense: {', '.join(f'{a:.2f}' for a in dense)} (mean {d_mean:.2f}).",
+        "",
+        "| method | setting | seeds | SST-2 accuracy | per seed | minus dense | speedup b32 | speedup b1 | command |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in table:
+        mean, std = mean_std(r["accuracy"])
+        spread = f" ± {std:.2f}" if len(r["accuracy"]) > 1 else ""
+        speeds = [f"{r[k]:.2f}x" if r[k] else "not measured" for k in ("speedup_b32", "speedup_b1")]
+        lines.append(f"| {r['method']} | {r['setting']} | {len(r['accuracy'])} | {mean:.2f}{spread} | "
+                     f"{', '.join(f'{a:.2f}' for a in r['accuracy'])} | {mean - d_mean:+.2f} | {speeds[0]} | "
+                     f"{speeds[1]} | `{r['command']}` |")
+    text = "\n".join(lines) + "\n"
+    with open(out + ".md", "w", encoding="utf-8") as f:
+        f.write(text)
+    plot(dense, table, out + ".png")
+    return text
+
+
+def plot(dense: list[float], table: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if dense:
+        mean, std = mean_std(dense)
+        ax.errorbar([1.0], [mean], yerr=[0 if len(dense) < 2 else std], fmt="k*", ms=10, capsize=3, label="dense")
+    colors = {"magnitude": "tab:gray", "movement": "tab:orange", "pdp": "tab:blue", "smart": "tab:green"}
+    for method, color in colors.items():
+        for recipe, style in (("ftkd", "-o"), ("pre", ":s")):
+            points = sorted((r["speedup_b32"], *mean_std(r["accuracy"])) for r in table
+                            if r["method"] == method and r["setting"].endswith(recipe) and r["speedup_b32"])
+            if points:
+                xs, ys, es = zip(*points)
+                es = [0 if e != e else e for e in es]  # one seed: no spread
+                ax.errorbar(xs, ys, yerr=es, fmt=style, color=color, capsize=3, label=f"{method}, {recipe}")
+    ax.set_xlabel("measured speedup over dense (batch 32, seq 128, CPU)")
+    ax.set_ylabel("SST-2 dev accuracy (%)")
+    ax.set_title("all-MiniLM-L6-v2, heads + FFN neurons (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=OUT)
+    parser.add_argument("--list", action="store_true", help="Print every run and its command in run order, then stop.")
+    parser.add_argument("--measure", action="store_true", help="Re-time every finished export, then the tables.")
+    parser.add_argument("--table_only", action="store_true", help="Only rebuild the table, JSON and plot.")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    table = runs()
+    if args.list:
+        for name, spec in table.items():
+            done = load(os.path.join(args.out, name + ".json")) is not None
+            print(f"{'done' if done else 'todo'}  {name}: {command_of(demo_argv(*spec))}")
+        return
+    if args.measure:
+        for name, (method, *_rest) in table.items():
+            if method != "dense" and load(os.path.join(args.out, name + ".json")):
+                print(f"frontier: {name}: {json.dumps(measure(name, args.out))}", flush=True)
+    elif not args.table_only:
+        for name, (method, setting, recipe, seed) in table.items():
+            if load(os.path.join(args.out, name + ".json")):
+                continue
+            if recipe == "ftkd" and not ensure_teacher(seed, args.out):
+                print(f"frontier: no dense teacher for seed {seed}; skipping {name}", flush=True)
+                continue
+            print(f"frontier: running {name} at {time.strftime('%H:%M:%S')}", flush=True)
+            if run_one(name, demo_argv(method, setting, recipe, seed), args.out) and method != "dense":
+                try:
+                    print(f"frontier: {name}: {json.dumps(measure(name, args.out))}", flush=True)
+                except Exception as err:  # the accuracy is kept; `--measure` times it again later
+                    print(f"frontier: timing {name} failed: {err!r}", flush=True)
+            write_outputs(args.out)
+    print(write_outputs(args.out))
+
+
+if __name__ == "__main__":
+    main()
