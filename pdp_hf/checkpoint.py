@@ -15,6 +15,7 @@ import os
 import torch
 
 from .config import RUNTIME_FIELDS, PDPConfig
+from .scores import SCORES_ATTR, PruningScores
 
 STATE_NAME = "pruning_state.safetensors"
 
@@ -101,8 +102,6 @@ def _load_scores(pruner, directory: str) -> None:
     checkpoint loaded outside Trainer (`pdp-hf export CHECKPOINT`) keeps its learned masks. (Trainer's resume loads
     the same values with the weights.)"""
     from safetensors import safe_open
-
-    from .injection import SCORES_ATTR, PruningScores
 
     keys = {f"{SCORES_ATTR}.scores.{PruningScores.key(g.name)}": g for g in pruner.groups if g.score is not None}
     files = [os.path.join(directory, f) for f in sorted(os.listdir(directory)) if f.endswith(".safetensors") and f != STATE_NAME]

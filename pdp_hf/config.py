@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .roles import ROLE_GROUPS, parse_role_map  # noqa: F401  (ROLE_GROUPS: part of this module's face)
+
 logger = logging.getLogger(__name__)
 
 PRUNING_CONFIG_NAME = "pruning_config.json"
@@ -21,8 +23,24 @@ SPARSITY_DISTRIBUTIONS = ("uniform", "global", "learned")
 SPARSITY_SCHEDULES = ("linear", "cubic")
 TEMPERATURE_MODES = ("relative", "absolute")
 MASK_KERNELS = ("auto", "compiled", "eager")
+# Mask methods by name, filled by `pdp_hf.methods` as it is imported (`register_method`): the config sits below the
+# methods and never imports them; each method validates its own fields (`check_config`).
+METHODS: dict[str, Any] = {}
 # How the computation runs, not what it computes: a checkpoint may be resumed with another value.
 RUNTIME_FIELDS = ("mask_kernel",)
+
+
+def register_method(method: Any) -> Any:
+    """Make a `MaskMethod` subclass known to `PDPConfig.method` under its `name` (usable as a class decorator)."""
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Any:
+    """The registered `MaskMethod` subclass called `name`."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown pruning method {name!r}; available: {sorted(METHODS)}.")
+    return METHODS[name]
 
 
 def _invalid(name: str, value: Any, allowed: str) -> ValueError:
@@ -176,8 +194,6 @@ class PDPConfig:
     )
 
     def __post_init__(self) -> None:
-        from .methods import METHODS
-
         self._check_choice("method", self.method, tuple(METHODS))
         self._check_granularity()
         self._resolve_target_sparsity()
@@ -197,8 +213,6 @@ class PDPConfig:
     def _check_method_settings(self) -> None:
         """The chosen method validates its own fields (`MaskMethod.config_fields`); fields only other methods read
         are not validated, and a value changed from its default there is logged as unused."""
-        from .methods import METHODS, get_method
-
         method = get_method(self.method)
         if self.sparsity_distribution == "learned" and not method.learnable_scores:
             learned = sorted(m.name for m in METHODS.values() if m.learnable_scores)
@@ -217,15 +231,11 @@ class PDPConfig:
 
     def method_settings(self) -> dict[str, Any]:
         """The fields the chosen method reads beyond the shared ones, e.g. {'temperature': 0.05, ...} for 'pdp'."""
-        from .methods import get_method
-
         return {name: getattr(self, name) for name in get_method(self.method).config_fields}
 
     # -- granularity --------------------------------------------------------------------------------------------
     def granularities(self) -> dict[str, str]:
         """`{"*": g}` for one granularity, or `{"attention": g1, "ffn": g2}` for a per-role-group map."""
-        from .units import parse_role_map
-
         return parse_role_map(self.granularity, "granularity", GRANULARITIES)
 
     def nm_pair(self) -> tuple[int, int]:

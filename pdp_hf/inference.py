@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from .injection import get_pruner
+from .layers import HEAD_COUNT_ATTRS, head_count, role_map
 from .targets import find_targets
-from .units import HEAD_COUNT_ATTRS, head_count, role_map
 
 logger = logging.getLogger(__name__)
 

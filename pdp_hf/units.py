@@ -19,16 +19,19 @@ weight and bias, so the masked forward, hardening, finalize and reports all read
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .kernels import mask_gradient
+from .layers import head_count, layer_index, layer_match, role_map
+from .roles import ROLE_GROUPS, parse_role_map
 from .targets import role_of
 
-ROLE_GROUPS = {"attention": ("query", "key", "value", "attn_out"), "ffn": ("ffn_in", "ffn_out")}
+__all__ = ["Member", "UnitGroup", "build_unit_groups", "multiplier", "multiplier_dtype", "ROLE_GROUPS", "STRUCTURED",
+           "parse_role_map"]
+
 STRUCTURED = ("neuron", "head")
 
 
@@ -261,70 +264,6 @@ def multiplier_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.float32 else dtype
 
 
-def parse_role_map(value: str, what: str, allowed: tuple[str, ...] | None = None) -> dict[str, str]:
-    """`"head"` -> {"*": "head"}; `"attention=head,ffn=neuron"` -> {"attention": "head", "ffn": "neuron"}.
-
-    >>> parse_role_map("attention=head, ffn=neuron", "granularity")
-    {'attention': 'head', 'ffn': 'neuron'}
-    """
-    if "=" not in value:
-        if allowed is not None and value.strip() not in allowed:
-            raise ValueError(
-                f"PDPConfig.{what}={value!r} is invalid: choose one of {list(allowed)}, or map role groups "
-                "to them, e.g. 'attention=head,ffn=neuron'."
-            )
-        return {"*": value.strip()}
-    mapping: dict[str, str] = {}
-    for part in value.split(","):
-        key, sep, item = (p.strip() for p in part.partition("="))
-        if not sep or key not in ROLE_GROUPS or key in mapping or not item:
-            raise ValueError(
-                f"PDPConfig.{what}={value!r} is invalid: write one value for all targets, or "
-                f"'attention=...,ffn=...' with each of {sorted(ROLE_GROUPS)} at most once."
-            )
-        if allowed is not None and item not in allowed:
-            raise ValueError(f"PDPConfig.{what}={value!r} is invalid: {item!r} is not one of {list(allowed)}.")
-        mapping[key] = item
-    return mapping
-
-
-def _layer_match(name: str) -> re.Match:
-    match = re.search(r"\.(\d+)\.", name)
-    if match is None:
-        raise ValueError(f"Cannot tell the layer index of {name!r}; structured granularities need numbered layers.")
-    return match
-
-
-def _layer_index(name: str) -> int:
-    return int(_layer_match(name).group(1))
-
-
-def role_map(model: nn.Module, names: list[str]) -> dict[int, dict[str, str]]:
-    """Layer index -> {role: module name} for the targeted modules whose role the architecture table knows."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    layers: dict[int, dict[str, str]] = {}
-    for name in names:
-        role = role_of(model_type, name)
-        if role != "other":
-            layers.setdefault(_layer_index(name), {})[role] = name
-    return layers
-
-
-HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
-
-
-def head_count(model: nn.Module, query_name: str) -> int:
-    """Heads of the attention that owns `query_name`: the attention module's own count (it differs from the
-    config's once heads were sliced out), else the config's."""
-    attention = model.get_submodule(query_name.rpartition(".")[0])
-    for owner in (attention, getattr(model, "config", None)):
-        for attr in HEAD_COUNT_ATTRS:
-            value = getattr(owner, attr, None)
-            if isinstance(value, int) and value > 0:
-                return value
-    raise ValueError("Head granularity needs the model's head count (config.num_attention_heads); none was found.")
-
-
 def _granularity_of(name: str, role: str, mapping: dict[str, str]) -> str | None:
     if "*" in mapping:
         return mapping["*"]
@@ -392,7 +331,7 @@ def _not_covered(granularity: str, name: str, role: str, kind: str | None) -> st
 
 def _structured_group(model, name: str, kind: str, layers) -> UnitGroup:
     needed = _roles_of(kind)
-    index = _layer_index(name)
+    index = layer_index(name)
     present = layers.get(index, {})
     missing = [r for r in needed if r not in present]
     if missing:
@@ -413,7 +352,7 @@ def _structured_group(model, name: str, kind: str, layers) -> UnitGroup:
         if any(size != heads * width for size in sizes.values()):
             raise ValueError(f"Layer {index}: attention sizes {sizes} do not split into {heads} heads of {width}.")
         members = [Member(present[r], modules[r], 1 if r == "attn_out" else 0, width) for r in needed]
-    prefix = name[: _layer_match(name).end(1)]  # e.g. "bert.encoder.layer.3"
+    prefix = name[: layer_match(name).end(1)]  # e.g. "bert.encoder.layer.3"
     return UnitGroup(f"{prefix}:{kind}s", kind, members, pool=kind)
 
 

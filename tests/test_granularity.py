@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, finalize_pruning, get_pruner, sparsity_report
-from pdp_hf.units import role_map
+from pdp_hf.layers import role_map
 from tests.conftest import image_dataset, text_dataset, tiny_bert, tiny_distilbert, tiny_roberta, tiny_vit
 
 MODELS = [(tiny_bert, text_dataset), (tiny_roberta, text_dataset), (tiny_distilbert, text_dataset), (tiny_vit, image_dataset)]
