@@ -34,6 +34,7 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.5"],
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],  # export_pruned(onnx=True), pdp-hf speed's ONNX Runtime rows
         "test": ["pytest>=8", "matplotlib>=3.5", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["pdp-hf=pdp_hf.cli:main"]},

@@ -4,6 +4,7 @@
     python benchmarks/benchmark_inference.py                      # CPU, fp32, both shapes, batch 1 and 32, seq 128
     python benchmarks/benchmark_inference.py --device cuda --dtype bf16   # adds 2:4 semi-structured on a capable GPU
     python benchmarks/benchmark_inference.py --kernels    # per-Linear CSR vs dense at BERT-base shapes (the CSR bound)
+    python benchmarks/benchmark_inference.py --runtimes   # a shrunk MiniLM export in PyTorch and ONNX Runtime vs dense
 
 Models: all-MiniLM-L6-v2 (the packaged weights when installed, else its shape with random weights) and a
 BERT-base-width model (hidden 768, FFN 3072, 12 heads; `--bert_layers` of them, random weights: speed does not depend
@@ -167,6 +168,29 @@ def kernel_rows(args) -> list[str]:
     return rows
 
 
+def runtime_rows(args) -> str:
+    """MiniLM pruned by magnitude to 50% of heads and 50% of FFN neurons with global budgets (uneven layers),
+    exported with `shrink=True, onnx=True`, then timed as `pdp-hf speed` does: PyTorch and ONNX Runtime, each
+    against the dense model in the same runtime, interleaved."""
+    from pdp_hf.shrink import kept_sizes
+    from pdp_hf.speed import format_speed, measure_load_speeds
+
+    model = minilm().eval()
+    config = PDPConfig(method="magnitude", granularity="attention=head,ffn=neuron", target_sparsity=0.5,
+                       sparsity_distribution="global")
+    finalize_pruning(apply_pruning(model, config))
+    sizes = kept_sizes(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_pruned(model, os.path.join(tmp, "minilm-hn50-global"), pdp_config=config, shrink=True, onnx=True)
+        dense_file = export_pruned(minilm(), os.path.join(tmp, "dense"))
+        ratio = os.path.getsize(os.path.join(folder, "model.safetensors")) / os.path.getsize(
+            os.path.join(dense_file, "model.safetensors"))
+        table = format_speed(measure_load_speeds(folder, args.batch, args.seq, args.rounds), "EXPORT")
+    kept = "; ".join(f"layer {i}: {s['heads'][0]}/{s['heads'][1]} heads, {s['neurons'][0]}/{s['neurons'][1]} neurons"
+                     for i, s in sizes.items())
+    return f"all-MiniLM-L6-v2, magnitude, 50% heads + 50% FFN neurons, global budgets ({kept}); weights file {ratio:.3f}x dense\n\n{table}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -178,7 +202,11 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"])
     parser.add_argument("--no_calibrate", action="store_true", help="CSR without measuring crossovers (fixed 128-token rule)")
     parser.add_argument("--kernels", action="store_true", help="Only the per-Linear CSR vs dense table (CPU).")
+    parser.add_argument("--runtimes", action="store_true", help="Only the shrunk export in PyTorch and ONNX Runtime (CPU).")
     args = parser.parse_args()
+    if args.runtimes:
+        print(runtime_rows(args))
+        return
     if args.kernels:
         print(f"per-Linear CSR (CSRLinear) vs dense, fp32, torch {torch.__version__}")
         print("\n".join(kernel_rows(args)))

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(HERE)
 SCRIPTS = os.path.join(ROOT, "scripts")  # demo.py, the user's entry point every run goes through
 SEEDS = (42, 43, 44)
 
-# method -> demo flags of the method itself (its own knobs at their chosen values, see README "Comparing methods")
+# method -> demo flags of the method itself (its own knobs at their chosen values, see docs/results.md, "Comparing methods")
 METHOD_ARGS = {
     "dense": ["--target_sparsity", "0"],
     "magnitude": ["--method", "magnitude", "--sparsity_schedule", "cubic"],
@@ -45,7 +45,7 @@ METHOD_ARGS = {
 # its value in METHOD_ARGS or the PDPConfig default, the other values tried), in the order they run. The default's
 # run is the 90u run itself. Hard movement's knob is where its scores start: from zero (the paper) it collapsed to
 # chance at 90% in 600 steps (50.92), from the units' relative norms it reached 79.59 (seed 42), so the grid runs
-# movement with `--movement_score_init magnitude`, pdp_hf's option, not the paper's (README, "Comparing methods").
+# movement with `--movement_score_init magnitude`, pdp_hf's option, not the paper's (docs/results.md, "Comparing methods").
 # Its mask depends only on the ranking of its scores, and from zero scores under Adam that ranking barely depends on
 # the score learning rate, so the rate is not tuned.
 TUNING = {

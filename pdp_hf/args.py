@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
+
+
+@dataclass(kw_only=True)
+class ExportArguments:
+    """How a script's export is written (`export_pruned`'s `shrink` and `onnx`); the scripts' model arguments extend
+    it."""
+
+    export_shrink: bool = field(
+        default=False,
+        metadata={"help": "Cut pruned heads and FFN neurons out of the export (export_pruned(shrink=True)): smaller and "
+                          "faster anywhere; per-layer sizes load with trust_remote_code=True."},
+    )
+    export_onnx: bool = field(default=False, metadata={"help": "Also write model.onnx into the export (ONNX Runtime)."})
 
 
 def parse_script_args(parser: HfArgumentParser, argv: list[str]) -> tuple:

@@ -2,8 +2,9 @@
 
     pdp-hf report DIR [--plot X.png]  per-layer sparsity of any checkpoint (exported, plain, or mid-training)
     pdp-hf export CHECKPOINT OUT      finalize a PrunerTrainer checkpoint into a plain Transformers export
-                                      (--shrink: cut pruned FFN neurons out; --compressed: bitmask format)
-    pdp-hf speed EXPORT               CPU latency as stored vs load_pruned(optimize=True) (--update_card)
+                                      (--shrink: cut pruned heads and neurons out; --onnx: also model.onnx;
+                                      --compressed: bitmask format)
+    pdp-hf speed EXPORT               CPU latency against dense, in PyTorch and ONNX Runtime (--update_card)
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def cmd_export(args) -> int:
     out = export_pruned(
         model, args.output_dir, processor, pdp_config=config, overwrite=args.overwrite,
         base_model=args.base_model or card.get("base_model"), dataset=card.get("dataset"),
-        eval_results=card.get("eval_results"), shrink=args.shrink, compressed=args.compressed,
+        eval_results=card.get("eval_results"), shrink=args.shrink, compressed=args.compressed, onnx=args.onnx,
         command="pdp-hf " + " ".join(sys.argv[1:]) if card else None,
     )
     print(f"exported {args.checkpoint} -> {out}")
@@ -117,13 +118,33 @@ def _card_metadata(folder: str) -> dict:
 
 
 def cmd_speed(args) -> int:
+    from transformers import AutoConfig
+
     from .speed import format_speed, measure_load_speeds, update_card
 
+    limit = getattr(AutoConfig.from_pretrained(args.path), "max_position_embeddings", None)
+    if limit is not None and args.seq > limit:
+        print(f"pdp-hf speed: error: --seq {args.seq} is longer than this model's {limit} positions; use at most {limit}.",
+              file=sys.stderr)
+        return 2
     text = format_speed(measure_load_speeds(args.path, args.batch, args.seq, args.rounds), args.path)
     print(text)
     if args.update_card:
         print(f"card: {update_card(args.path, text)}")
     return 0
+
+
+def _positive(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number >= 1, not {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number >= 1, not {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,14 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output_dir")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.add_argument("--base_model", default=None, help="Hub id of the base model, for the model card")
-    export.add_argument("--shrink", action="store_true", help="cut pruned FFN neurons out (same count in every layer)")
+    export.add_argument("--shrink", action="store_true", help="cut pruned heads and FFN neurons out (any count per "
+                        "layer; per-layer sizes load with trust_remote_code=True)")
+    export.add_argument("--onnx", action="store_true", help="also write model.onnx (ONNX Runtime, Optimum)")
     export.add_argument("--compressed", action="store_true", help="bitmask + values format (loads with pdp_hf)")
     export.set_defaults(func=cmd_export)
     speed = sub.add_parser("speed", help="CPU latency of an export as stored and with load_pruned(optimize=True)")
     speed.add_argument("path")
-    speed.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    speed.add_argument("--seq", type=int, default=128, help="tokens per example (text models)")
-    speed.add_argument("--rounds", type=int, default=5)
+    speed.add_argument("--batch", type=_positive("--batch"), nargs="+", default=[1, 32])
+    speed.add_argument("--seq", type=_positive("--seq"), default=128, help="tokens per example (text models)")
+    speed.add_argument("--rounds", type=_positive("--rounds"), default=5)
     speed.add_argument("--update_card", action="store_true", help="write the table into the export's README.md")
     speed.set_defaults(func=cmd_speed)
     return parser

@@ -89,6 +89,12 @@ def load_pruned(directory: str, model_class=None, optimize: bool | str = False, 
         arch = (getattr(config, "architectures", None) or [None])[0]
         model_class = getattr(transformers, arch, None) if arch else None
         model_class = model_class or AutoModel
+    if getattr(config, "pdp_shrunk", None):  # a per-layer shrunk export: build each layer at its kept sizes
+        from .shrink import shrunk_class
+
+        if not isinstance(model_class, type) or not issubclass(model_class, nn.Module):  # an Auto class
+            model_class = model_class._model_mapping[type(config)]
+        model_class = shrunk_class(config, model_class)
     path = os.path.join(directory, COMPRESSED_WEIGHTS_NAME)
     if not os.path.isfile(path):
         model = model_class.from_pretrained(directory, **kwargs)

@@ -177,7 +177,7 @@ class PDPConfig:
             "help": "Exact threshold selection every this many optimizer steps; between, the threshold is estimated "
             "from a fixed 65,536-entry sample of each matrix (PDP and magnitude). Hardening and finalize are always "
             "exact. Default 10: same MiniLM SST-2 accuracy as exact selection at every step, at a fraction of its "
-            "cost (README, Performance). 1: exact at every step."
+            "cost (docs/performance.md). 1: exact at every step."
         },
     )
     sparsity_schedule: str = field(

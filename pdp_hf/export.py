@@ -12,10 +12,10 @@ from torch import nn
 
 from .compressed import save_compressed
 from .config import PDPConfig
-from .inference import shrink_neurons_for_config
 from .injection import _unwrap, finalize_pruning, get_pruner
 from .model_card import render_model_card
 from .report import REPORT_NAME, sparsity_report
+from .shrink import ONNX_FILE, export_onnx, shrink_for_export, write_modeling_file
 
 
 def _check_destination(output_dir: str, overwrite: bool) -> None:
@@ -56,6 +56,7 @@ def export_pruned(
     command: str | None = None,
     compressed: bool = False,
     shrink: bool = False,
+    onnx: bool = False,
 ) -> str:
     """Write a pruned model that loads with plain `AutoModelFor*.from_pretrained(output_dir)`.
 
@@ -63,10 +64,13 @@ def export_pruned(
     `pruning_config.json`, `sparsity_report.json` and a model card (`README.md`). With `compressed=True` each
     pruned matrix is stored as a bitmask plus its nonzero values (`model.pdp-compressed.safetensors`, about 0.13x
     the dense size at 90% sparsity); such a folder loads with `pdp_hf.load_pruned(dir)`, bit-exactly, and needs
-    pdp_hf. The default (zeros stored) loads anywhere. With `shrink=True`, pruned FFN neurons are cut out of the
-    matrices and the config's FFN size shrinks (every layer must have lost the same number of neurons): the folder
-    is smaller, runs faster and still loads with plain `from_pretrained`; pruned heads stay as zeros there (a
-    Transformers config cannot express fewer heads), `pdp_hf.load_pruned(dir, optimize=True)` slices them at load.
+    pdp_hf. The default (zeros stored) loads anywhere. With `shrink=True`, pruned heads and FFN neurons are cut out
+    of the matrices, any number per layer: the folder is smaller and runs faster. When only neurons were cut, the
+    same number in every layer, the config's FFN size says it all and plain `from_pretrained` loads it; otherwise
+    `config.json` records each layer's sizes and the folder carries `modeling_pdp_shrunk.py` (torch and
+    transformers only, registered through `auto_map`), so `AutoModelFor*.from_pretrained(dir,
+    trust_remote_code=True)` loads it without pdp_hf. With `onnx=True` the stored model is also written as
+    `model.onnx` (dynamic batch and sequence axes), the layout ONNX Runtime and Optimum's `ORTModelFor*` read.
     A model that still carries
     masks is finalized on a copy; the model passed in is left as it is. The export is written to a staging folder
     next to `output_dir` and renamed into place, so an interrupted export never damages a previous one.
@@ -87,11 +91,14 @@ def export_pruned(
         pdp_config = pdp_config or pruner.config
         model = finalize_pruning(copy.deepcopy(model))
     report = sparsity_report(model, config=pdp_config)
-    shrunk_to = None
+    shrunk = None
     if shrink:
         if pruner is None:
             model = copy.deepcopy(model)  # the caller's model keeps its shapes
-        shrunk_to = shrink_neurons_for_config(model)
+        shrunk = shrink_for_export(model)
+    if compressed and shrunk and "per_layer" in shrunk:
+        raise ValueError("compressed=True with a per-layer shrunk model is not supported: the compressed loader builds "
+                         "the model at its config's sizes. Export with shrink=True or compressed=True, not both.")
 
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
@@ -101,6 +108,10 @@ def export_pruned(
             save_compressed(model, staging, list(report["modules"]))
         else:
             model.save_pretrained(staging)
+        if shrunk and "per_layer" in shrunk:
+            write_modeling_file(model, staging)
+        if onnx:
+            export_onnx(model, os.path.join(staging, ONNX_FILE))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if pdp_config is not None:
@@ -117,7 +128,9 @@ def export_pruned(
             load_path=output_dir,
             command=command,
             compressed=compressed,
-            shrunk_to=shrunk_to,
+            shrunk_to=None if not shrunk or "per_layer" in shrunk else next(iter(shrunk.values())),
+            per_layer=_per_layer_text(shrunk["per_layer"]) if shrunk and "per_layer" in shrunk else None,
+            onnx=onnx,
         )
         card.save(os.path.join(staging, "README.md"))
         _move_into_place(staging, output_dir)
@@ -125,3 +138,13 @@ def export_pruned(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def _per_layer_text(sizes: dict) -> str:
+    """'heads kept per layer 6/12, 5/12, ...; FFN neurons kept per layer 768/1536, ...'"""
+    parts = []
+    for key, label in (("heads", "heads"), ("neurons", "FFN neurons")):
+        values = [f"{s[key][0]}/{s[key][1]}" for _, s in sorted(sizes.items()) if key in s]
+        if values:
+            parts.append(f"{label} kept per layer: {', '.join(values)}")
+    return "; ".join(parts)

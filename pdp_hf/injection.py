@@ -6,9 +6,7 @@ of `nn.Linear` that only changes `forward`) keeps every state_dict key as in pla
 checkpoints hold the dense weights under their usual names, resume loads them strictly, DDP sees the same
 parameters, and `finalize_pruning` only has to set the class back.
 
-The pieces: `pdp_hf.units` turns targets into unit groups (what is pruned together), `pdp_hf.methods` computes
-masks over units (how), `pdp_hf.schedules.PruningSchedule` says when, `Pruner` holds the mask state and moves it
-along the schedule, and `pdp_hf.checkpoint` saves and restores that state.
+Where this sits in the data path (targets, units, methods, schedule, pruner, export): docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -61,6 +61,8 @@ def render_model_card(
     command: str | None = None,
     compressed: bool = False,
     shrunk_to: int | None = None,
+    per_layer: str | None = None,
+    onnx: bool = False,
     pipeline_tag: str | None = None,
 ) -> ModelCard:
     """Render the card. `eval_results` are `huggingface_hub.EvalResult`s and become `model-index` metadata."""
@@ -100,6 +102,9 @@ def render_model_card(
         model_zero_fraction=report["model"]["zeros_in_targets_over_all_parameters"],
         compressed=compressed,
         shrunk_to=shrunk_to,
+        per_layer=per_layer,
+        onnx=onnx,
+        ort_class=auto_class_for(architectures).replace("AutoModel", "ORTModel", 1),
         auto_class=auto_class_for(architectures),
         load_path=load_path,
         base_model_text=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "not recorded",

@@ -133,9 +133,12 @@ def finish_training_run(
     hub_model_id: str | None = None,
     hub_token: str | None = None,
     logger: logging.Logger | None = None,
+    shrink: bool = False,
+    onnx: bool = False,
 ) -> dict:
     """After training: export the pruned model with its card to `<output_dir>/export`, add the measured sparsity
     and the export's path to `summary`, log it, and push the export (only the export) when `hub_model_id` is set.
+    `shrink` and `onnx` go to `export_pruned`: pruned heads and neurons cut out, and `model.onnx` beside the weights.
 
     Returns the summary. A failed push raises after the export is complete on disk.
     """
@@ -151,6 +154,8 @@ def finish_training_run(
         dataset=dataset,
         eval_results=eval_results,
         command=command,
+        shrink=shrink,
+        onnx=onnx,
     )
     report = sparsity_report(trainer.model, config=trainer.pdp_config)
     summary = {**summary, "sparsity": round(report["total"]["sparsity"], 4), "export": export_dir}

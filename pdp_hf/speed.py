@@ -1,7 +1,7 @@
-"""How fast an export runs, loaded each way it can be: as stored (plain Transformers) and with
-`load_pruned(dir, optimize=True)`, against the model it came from: for a `shrink=True` export, the same weights in
-the original (dense) shapes with zeros where neurons were cut out. `pdp-hf speed DIR --update_card` writes the
-table into the model card."""
+"""How fast an export runs where users run it: PyTorch (as stored, and with `load_pruned(dir, optimize=True)`) and
+ONNX Runtime, each against the dense model in the same runtime: for a `shrink=True` export, the same weights in the
+original shapes with zeros where heads and neurons were cut out. `pdp-hf speed DIR --update_card` writes the table
+into the model card."""
 
 from __future__ import annotations
 
@@ -24,41 +24,36 @@ def _inputs(config, batch: int, seq: int) -> dict[str, torch.Tensor]:
     return {"pixel_values": torch.randn(batch, config.num_channels, size, size)}
 
 
-def _median_seconds(model, inputs, rounds: int) -> float:
-    with torch.inference_mode():
-        model(**inputs)
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            model(**inputs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def dense_shaped(model, directory: str):
     """`model` (loaded from a `shrink=True` export) rebuilt in the shapes before shrinking, with zeros in the cut-out
-    neurons: the zero-weight model a speedup is measured against. None when nothing was cut out (the stored model
-    has the original shapes). The kept neurons come first: an FFN's output does not depend on its neurons' order."""
+    heads and neurons: the zero-weight model a speedup is measured against. None when nothing was cut out (the stored
+    model has the original shapes). The kept units come first: neither an FFN's output nor attention's depends on
+    the order of its neurons or heads, as long as Q, K, V and the output projection agree."""
     import copy
 
     from .inference import _FFN_SIZE_ATTRS
     from .report import export_report
+    from .shrink import SPEC_KEY
 
-    report = export_report(directory)
-    if report is None:
-        return None
-    rows = {name: row for name, row in report["modules"].items() if row.get("role") == "ffn_in"}
-    if not rows:
-        return None
-    name, row = next(iter(rows.items()))
-    original, now = row["shape"][0], model.get_submodule(name).weight.shape[0]
-    attr = next((a for a in _FFN_SIZE_ATTRS if getattr(model.config, a, None) == now), None)
-    if original == now or attr is None:
-        return None
     config = copy.deepcopy(model.config)
-    setattr(config, attr, original)
-    padded = type(model)(config)
+    if getattr(config, SPEC_KEY, None):  # per-layer: the config itself holds the original sizes
+        delattr(config, SPEC_KEY)
+        config.auto_map = None
+        base = next(c for c in type(model).__mro__[1:] if c.__module__.startswith("transformers.models."))
+    else:
+        report = export_report(directory)
+        rows = {name: row for name, row in (report or {}).get("modules", {}).items() if row.get("role") == "ffn_in"}
+        if not rows:
+            return None
+        name, row = next(iter(rows.items()))
+        original, now = row["shape"][0], model.get_submodule(name).weight.shape[0]
+        attr = next((a for a in _FFN_SIZE_ATTRS if getattr(model.config, a, None) == now), None)
+        if original == now or attr is None:
+            return None
+        setattr(config, attr, original)
+        base = type(model)
+    padded = base(config)
     state = model.state_dict()
     full = {}
     for key, value in padded.state_dict().items():
@@ -72,48 +67,93 @@ def dense_shaped(model, directory: str):
     return padded.eval()
 
 
+def _ort_session(path: str):
+    """An ONNX Runtime CPU session with torch's thread count and no spinning: a spinning pool slows the PyTorch call
+    timed after it 2-3x on a small machine."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _ort_runner(session, inputs: dict[str, torch.Tensor]):
+    feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+    return lambda: session.run(["logits"], feed)[0]
+
+
+def _onnx_ways(directory: str, dense, scratch: str) -> dict:
+    """'onnxruntime dense' and 'onnxruntime stored' sessions, or {} when onnxruntime is not installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return {}
+    from .compressed import load_pruned
+    from .shrink import ONNX_FILE, export_onnx
+
+    stored = os.path.join(directory, ONNX_FILE)
+    if not os.path.isfile(stored):
+        stored = export_onnx(load_pruned(directory), os.path.join(scratch, "stored.onnx"))
+    return {"onnxruntime dense": _ort_session(export_onnx(dense, os.path.join(scratch, "dense.onnx"))),
+            "onnxruntime stored": _ort_session(stored)}
+
+
 def measure_load_speeds(directory: str, batches=(1, 32), seq: int = 128, rounds: int = 5) -> list[dict]:
-    """Median CPU latency of the export loaded as stored and loaded with `optimize=True` (and, for a shrunk export,
-    of the dense-shaped zero-weight model it came from, the baseline of the speedups), per batch size, measured side
-    by side (interleaved); every way's outputs are checked against the stored model's (atol 1e-4)."""
+    """Median CPU latency, per batch size, of the export in PyTorch (as stored, and with `optimize=True`) and in ONNX
+    Runtime (its `model.onnx`, when onnxruntime is installed), each against the dense model in the same runtime:
+    for a shrunk export the same weights in the original shapes with zeros where heads and neurons were cut out.
+    All ways run side by side (interleaved rounds), and every way's outputs are checked against the stored model's
+    (atol 1e-4)."""
+    import tempfile
+
     from .compressed import load_pruned
 
     stored = load_pruned(directory)
-    models = {"stored": stored, "optimized": load_pruned(directory, optimize=True)}
     dense = dense_shaped(stored, directory)
-    if dense is not None:
-        models = {"dense-shaped": dense, **models}
+    models = {"pytorch dense": dense if dense is not None else stored, "pytorch stored": stored,
+              "pytorch optimized": load_pruned(directory, optimize=True)}
     rows = []
-    for batch in batches:
-        inputs = _inputs(stored.config, batch, seq)
-        with torch.inference_mode():
-            reference = stored(**inputs).logits
-            for way, model in models.items():
-                diff = (model(**inputs).logits - reference).abs().max().item()
-                if diff > 1e-4:
-                    raise RuntimeError(f"The {way} model's logits differ from the stored model's by {diff}.")
-        samples = {way: [] for way in models}
-        for _ in range(rounds):
-            for way, model in models.items():
-                samples[way].append(_median_seconds(model, inputs, 1))
-        base = statistics.median(samples[next(iter(models))])
-        for way, values in samples.items():
-            ms = 1000 * statistics.median(values)
-            rows.append({"batch": batch, "seq": seq, "way": way, "ms": ms, "speedup": base / statistics.median(values)})
+    with tempfile.TemporaryDirectory() as scratch:
+        sessions = _onnx_ways(directory, models["pytorch dense"], scratch)
+        for batch in batches:
+            inputs = _inputs(stored.config, batch, seq)
+            runners = {way: (lambda m=model, x=inputs: m(**x).logits) for way, model in models.items()}
+            runners.update({way: _ort_runner(session, inputs) for way, session in sessions.items()})
+            with torch.inference_mode():
+                reference = stored(**inputs).logits
+                for way, run in runners.items():
+                    diff = (torch.as_tensor(run()) - reference).abs().max().item()
+                    if diff > 1e-4:
+                        raise RuntimeError(f"The {way} model's logits differ from the stored model's by {diff}.")
+                samples = {way: [] for way in runners}
+                for _ in range(rounds):
+                    for way, run in runners.items():
+                        start = time.perf_counter()
+                        run()
+                        samples[way].append(time.perf_counter() - start)
+            for way, values in samples.items():
+                base = statistics.median(samples[("onnxruntime" if way.startswith("onnx") else "pytorch") + " dense"])
+                ms = 1000 * statistics.median(values)
+                rows.append({"batch": batch, "seq": seq, "way": way, "ms": ms, "speedup": base / statistics.median(values)})
     return rows
 
 
 def format_speed(rows: list[dict], directory: str) -> str:
     ways = {
-        "dense-shaped": "the original shapes, zeros in the cut-out neurons (baseline)",
-        "stored": "`from_pretrained` (as stored)",
-        "optimized": f'`load_pruned("{directory}", optimize=True)`',
+        "pytorch dense": "PyTorch, dense shapes (zeros in place of what was cut out; the baseline)",
+        "pytorch stored": "PyTorch, `from_pretrained` (as stored)",
+        "pytorch optimized": f'PyTorch, `load_pruned("{directory}", optimize=True)`',
+        "onnxruntime dense": "ONNX Runtime, dense shapes (the baseline)",
+        "onnxruntime stored": "ONNX Runtime, `model.onnx` (as stored)",
     }
     lines = [
         f"Measured with `pdp-hf speed {directory}` on {platform.processor() or platform.machine()} "
-        f"({torch.get_num_threads()} threads, torch {torch.__version__}), fp32, median of interleaved runs:",
+        f"({torch.get_num_threads()} threads, torch {torch.__version__}), fp32, median of interleaved runs; each "
+        "speedup is against the dense model in the same runtime:",
         "",
-        "| batch x seq | how it is loaded | ms / forward | speedup |",
+        "| batch x seq | runtime and how it is loaded | ms / forward | speedup |",
         "|---|---|---:|---:|",
     ]
     for r in rows:

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from pdp_hf import PDPConfig, PrunerTrainer
-from pdp_hf.args import parse_script_args
+from pdp_hf.args import ExportArguments, parse_script_args
 from pdp_hf.glue import load_glue
 from pdp_hf.scripting import checkpoint_to_resume, detect_last_checkpoint, finish_training_run, record_train_result
 
@@ -63,7 +63,7 @@ def minilm_path() -> str:
 
 
 @dataclass
-class DemoArguments:
+class DemoArguments(ExportArguments):
     model_name_or_path: str = field(
         default_factory=minilm_path, metadata={"help": "Model to prune (default: the packaged all-MiniLM-L6-v2)."}
     )
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         dataset="nyu-mll/glue",
         eval_results=[result],
         logger=logger,
+        shrink=demo.export_shrink,
+        onnx=demo.export_onnx,
     )
     summary["minutes"] = (time.time() - started) / 60
     if trainer.is_world_process_zero():

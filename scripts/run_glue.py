@@ -40,7 +40,7 @@ from transformers import (
 )
 
 from pdp_hf import PDPConfig, PrunerTrainer
-from pdp_hf.args import parse_script_args
+from pdp_hf.args import ExportArguments, parse_script_args
 from pdp_hf.checkpoint import STATE_NAME
 from pdp_hf.glue import GLUE_TASKS, is_regression, label_list, load_glue, num_labels, split_names
 from pdp_hf.hub import take_over_push
@@ -61,7 +61,7 @@ logger = logging.getLogger("run_glue")
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(ExportArguments):
     model_name_or_path: str = field(metadata={"help": "Hub id or local folder of the model to prune (or evaluate)."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     teacher_model_name_or_path: str | None = field(
@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
             hub_model_id=hub_model_id,
             hub_token=training_args.hub_token,
             logger=logger,
+            shrink=model_args.export_shrink,
+            onnx=model_args.export_onnx,
         )
     # An export shrunk to fewer FFN neurons holds no zeros for them; its own report counts them on the original shapes.
     summary["sparsity"] = round(model_sparsity(model, model_args.model_name_or_path, config=pdp_config), 4)

@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from pdp_hf import PDPConfig, PrunerTrainer
-from pdp_hf.args import parse_script_args
+from pdp_hf.args import ExportArguments, parse_script_args
 from pdp_hf.hub import take_over_push
 from pdp_hf.scripting import (
     checkpoint_to_resume,
@@ -44,7 +44,7 @@ logger = logging.getLogger("run_image_classification")
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(ExportArguments):
     model_name_or_path: str = field(metadata={"help": "Hub id or local folder of the image classifier to prune."})
     image_processor_name: str | None = field(default=None, metadata={"help": "Image processor, if not the model's."})
     ignore_mismatched_sizes: bool = field(
@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         hub_model_id=hub_model_id,
         hub_token=training_args.hub_token,
         logger=logger,
+        shrink=model_args.export_shrink,
+        onnx=model_args.export_onnx,
     )
 
 

@@ -101,8 +101,9 @@ def test_speed_measures_both_ways_and_updates_the_card(tmp_path, capsys):
     for _ in range(2):  # a second run replaces the section instead of adding another
         assert main(["speed", folder, "--batch", "2", "--seq", "8", "--rounds", "1", "--update_card"]) == 0
     out = capsys.readouterr().out
-    assert "| 2 x 8 | `from_pretrained` (as stored) |" in out and "optimize=True)` |" in out
-    assert "| 2 x 8 | the original shapes, zeros in the cut-out neurons (baseline) |" in out
+    assert "| 2 x 8 | PyTorch, `from_pretrained` (as stored) |" in out and "optimize=True)` |" in out
+    assert "| 2 x 8 | PyTorch, dense shapes (zeros in place of what was cut out; the baseline) |" in out
+    assert "| 2 x 8 | ONNX Runtime, `model.onnx` (as stored) |" in out
     card = (tmp_path / "exp" / "README.md").read_text()
     assert card.count("## Measured speed") == 1 and "| 2 x 8 |" in card and "## Pruning" in card
 
@@ -141,3 +142,19 @@ def test_export_of_an_export_shrinks_and_keeps_the_card(tmp_path, capsys):
     data = ModelCard.load(tmp_path / "shrunk" / "README.md").data
     assert data.base_model == "org/base" and data.eval_results[0].metric_value == 0.81
     assert PDPConfig.from_pretrained(tmp_path / "shrunk") == config
+
+
+def test_speed_refuses_bad_flags_in_one_line_with_exit_code_2(tmp_path, capsys):
+    import pytest
+
+    from pdp_hf import export_pruned
+
+    folder = export_pruned(tiny_bert(), tmp_path / "exp")
+    for flags, says in ((["--batch", "0"], "--batch takes a whole number >= 1"),
+                        (["--seq", "-1"], "--seq takes a whole number >= 1"),
+                        (["--rounds", "0"], "--rounds takes a whole number >= 1")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["speed", folder, *flags])
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
+    assert main(["speed", folder, "--seq", "1000"]) == 2  # tiny_bert has 32 positions
+    assert "--seq 1000 is longer than this model's 32 positions" in capsys.readouterr().err

@@ -117,3 +117,11 @@ def test_scripts_are_entry_points_and_the_root_is_clean():
                "docs", "model_cards", "outputs", "pdp_hf.egg-info", "build", "dist"}
     assert tracked_root <= allowed, f"unexpected at the root: {sorted(tracked_root - allowed)}"
     assert not [f for f in os.listdir(ROOT) if f.startswith(".probe")]
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert readme.count("\n") <= 300
+    pages = sorted(f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
+    assert pages and all(f"(docs/{page})" in readme for page in pages), [p for p in pages if f"(docs/{p})" not in readme]

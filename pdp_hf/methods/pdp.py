@@ -5,7 +5,7 @@ For a weight tensor W with n entries and z = round(r * n) zeros in force:
 - m(w) = softmax((t^2, w^2) / tau)[1] = sigmoid((w^2 - t^2) / tau), computed in float32;
 - forward uses m(W) * W. No mask parameters: only W is learned, and pruned weights keep receiving gradient.
 
-Choices where the paper is silent (documented in README):
+Choices where the paper is silent (documented in docs/methods.md):
 - t is recomputed once per optimizer step outside autograd (the gradient does not flow through t), so
   d(m*w)/dw = m + (2 w^2 / tau) m (1 - m).
 - temperature_mode='relative' sets tau_l = temperature * t_l^2 per layer, which makes the mask shape independent

@@ -10,7 +10,7 @@ k = units - z, the forward uses W * f(s), broadcast over each unit:
 through it (`pdp_hf.topk`: lambda by safeguarded Newton, implicit-gradient backward). As tau -> 0, f is the hard
 top-k of the scores; at hardening the mask becomes exactly that top-k, and training continues with it fixed.
 
-Choices where the paper is not recoverable (documented in README, measured in benchmarks/compare_minilm_sst2.md):
+Choices where the paper is not recoverable (documented in docs/methods.md, measured in benchmarks/compare_minilm_sst2.md):
 - three stages on pdp_hf's shared schedule: dense until `pruning_start`; from there k ramps down to the budget
   (the same ramp as every method, so one jump never removes 90% of the mass) while tau decays geometrically from
   `smart_temperature_start` to `smart_temperature_end` at `pruning_end`, then stays; hard masks from `harden_at`;
