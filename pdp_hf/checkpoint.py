@@ -39,6 +39,7 @@ def save_state(pruner, directory: str) -> None:
         "hardened": json.dumps(pruner.hardened),
         "modules": json.dumps(list(pruner.modules)),
         "groups": json.dumps({g.name: g.describe() for g in pruner.groups}),
+        "unit_costs": json.dumps(pruner.unit_costs),
     }
     os.makedirs(directory, exist_ok=True)
     save_file(tensors, os.path.join(directory, STATE_NAME), metadata=metadata)
@@ -72,6 +73,11 @@ def load_state(pruner, directory: str) -> None:
         groups = json.loads(meta["groups"]) if "groups" in meta else None
         if groups is not None and list(groups) != [g.name for g in pruner.groups]:
             raise ValueError(f"Checkpoint {directory} has other pruning units than this model: {list(groups)}.")
+        if pruner.config.target_speedup is not None:  # the saved prices, so budgets fixed later are the same
+            costs = json.loads(meta.get("unit_costs", "null"))
+            if costs is None:
+                raise ValueError(f"Checkpoint {directory} has no unit costs, but its config sets target_speedup.")
+            pruner.unit_costs = {k: float(v) for k, v in costs.items()}
         budgets = json.loads(meta.get("budgets", "null"))
         pruner.budgets = None if budgets is None else {k: int(v) for k, v in budgets.items()}
         pruner.hardened = json.loads(meta.get("hardened", "false"))

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .config_io import PRUNING_CONFIG_NAME, VERSION_KEY, ConfigIO  # noqa: F401  (names of this module's face)
 from .roles import ROLE_GROUPS, parse_role_map  # noqa: F401  (ROLE_GROUPS: part of this module's face)
 
 logger = logging.getLogger(__name__)
 
-PRUNING_CONFIG_NAME = "pruning_config.json"
-VERSION_KEY = "pdp_hf_version"
 
 GRANULARITIES = ("unstructured", "n:m", "neuron", "head", "block")
 SPARSITY_DISTRIBUTIONS = ("uniform", "global", "learned")
@@ -48,7 +45,7 @@ def _invalid(name: str, value: Any, allowed: str) -> ValueError:
 
 
 @dataclass
-class PDPConfig:
+class PDPConfig(ConfigIO):
     """Configuration of differentiable pruning during fine-tuning.
 
     Sparsity convention: `target_sparsity` is the fraction of exactly-zero entries in each targeted Linear weight
@@ -75,6 +72,22 @@ class PDPConfig:
             "help": "Fraction of pruned units (and so of zeros in the targeted Linear weights) at the end, "
             "0 <= s < 1. Default 0.9; with granularity 'n:m' it is implied by n_m (1 - N/M) and may be left out."
         },
+    )
+    target_speedup: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Budgets set by speed instead of sparsity: the predicted forward speedup of the shrunk model on "
+            "the device pruning is applied on, > 1, e.g. 2.0. Needs granularity 'head', 'neuron' or "
+            "'attention=head,ffn=neuron'; excludes target_sparsity. A short timing of the model's shapes gives a "
+            "cost per head and per neuron (see speed_batch_size, speed_seq_length); units are pruned over all layers "
+            "in order of squared norm per unit of cost until the predicted time is dense / target_speedup."
+        },
+    )
+    speed_batch_size: int = field(
+        default=32, metadata={"help": "(target_speedup) Batch size of the timing that prices heads and neurons."}
+    )
+    speed_seq_length: int = field(
+        default=128, metadata={"help": "(target_speedup) Tokens per example of that timing (text models)."}
     )
     method: str = field(
         default="pdp",
@@ -196,6 +209,7 @@ class PDPConfig:
     def __post_init__(self) -> None:
         self._check_choice("method", self.method, tuple(METHODS))
         self._check_granularity()
+        self._check_target_speedup()
         self._resolve_target_sparsity()
         self._check_choice("sparsity_distribution", self.sparsity_distribution, SPARSITY_DISTRIBUTIONS)
         self._check_choice("sparsity_schedule", self.sparsity_schedule, SPARSITY_SCHEDULES)
@@ -264,7 +278,36 @@ class PDPConfig:
                 "every matrix, so there is nothing to distribute; use 'uniform'"
             )
 
+    def _check_target_speedup(self) -> None:
+        for name in ("speed_batch_size", "speed_seq_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise _invalid(name, value, "it must be a whole number >= 1")
+        if self.target_speedup is None:
+            return
+        self._check_number("target_speedup", self.target_speedup)
+        if self.target_speedup <= 1:
+            raise _invalid("target_speedup", self.target_speedup, "it must be > 1 (2.0 asks for twice as fast)")
+        if self.target_sparsity is not None:
+            raise _invalid("target_sparsity", self.target_sparsity, "target_sparsity and target_speedup exclude each "
+                           "other; set one of them (the other None)")
+        kinds = set(self.granularities().values())
+        if not kinds <= {"head", "neuron"}:
+            raise _invalid("granularity", self.granularity, "target_speedup prices whole heads and FFN neurons; use "
+                           "'head', 'neuron' or 'attention=head,ffn=neuron'")
+        if self.sparsity_distribution == "learned":
+            raise _invalid("sparsity_distribution", "learned", "target_speedup fixes the budgets over all layers at "
+                           "pruning_start by squared norm per unit of cost; use 'global' or 'uniform' (both mean the "
+                           "same with a speed target)")
+
+    def prunes(self) -> bool:
+        """Whether anything will be pruned: a speed target, a sparsity above 0, or an N:M pattern."""
+        return (self.target_speedup is not None or bool(self.target_sparsity)
+                or set(self.granularities().values()) == {"n:m"})
+
     def _resolve_target_sparsity(self) -> None:
+        if self.target_speedup is not None:
+            return  # checked by _check_target_speedup; budgets come from the speed target
         kinds = set(self.granularities().values())
         n, m = self.nm_pair()
         implied = 1.0 - n / m
@@ -316,59 +359,3 @@ class PDPConfig:
             return  # fractions and step counts can only be compared once the total step count is known
         if b < a:
             raise _invalid(second, b, f"{second} must not come before {first}={a!r}")
-
-    # -- serialization ------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """All fields as a plain dict (JSON-serializable)."""
-        return dataclasses.asdict(self)
-
-    def to_json_string(self) -> str:
-        from .version import __version__
-
-        return json.dumps({**self.to_dict(), VERSION_KEY: __version__}, indent=2, sort_keys=True) + "\n"
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write `pruning_config.json` (sorted, indented, with the pdp_hf version) and return its path."""
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, PRUNING_CONFIG_NAME)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
-        return path
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PDPConfig:
-        data = dict(data)
-        data.pop(VERSION_KEY, None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown PDPConfig keys {unknown}; known keys are {sorted(known)}.")
-        return cls(**data)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> PDPConfig:
-        """Read `pruning_config.json` from a folder (or the file itself)."""
-        from .version import __version__
-
-        file = os.path.join(path, PRUNING_CONFIG_NAME) if os.path.isdir(path) else str(path)
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"No {PRUNING_CONFIG_NAME} found at {path!s}.")
-        try:
-            with open(file, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{file} is not valid JSON ({err}); re-export it or fix the file by hand.") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}.")
-        saved = data.get(VERSION_KEY)
-        if saved is not None and _major_minor(str(saved)) > _major_minor(__version__):
-            raise ValueError(
-                f"{file} was written by pdp_hf {saved}, newer than the installed {__version__}; "
-                "upgrade with `pip install -U pdp-hf`."
-            )
-        return cls.from_dict(data)
-
-
-def _major_minor(version: str) -> tuple[int, int]:
-    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
-    return tuple(parts + [0] * (2 - len(parts)))  # type: ignore[return-value]

@@ -22,6 +22,7 @@ from .config import PDPConfig
 from .methods import MaskMethod, get_method
 from .pruner import Pruner, global_budgets
 from .scores import SCORES_ATTR, PruningScores
+from .speed_budget import check_reachable, measure_unit_costs
 from .targets import find_targets
 from .units import Member, UnitGroup, build_unit_groups
 
@@ -123,7 +124,11 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     names = find_targets(model, config.target_modules)
     groups = build_unit_groups(model, names, config)
     method = get_method(config.method).from_config(config)
-    masked = [g for g in groups if g.kind == "n:m" or config.target_sparsity > 0]  # the others stay plain Linear
+    masked = [g for g in groups if _will_prune(g, config)]  # the others stay plain Linear
+    costs = None
+    if config.target_speedup is not None:  # priced on the plain model, before any class swap
+        costs = measure_unit_costs(model, groups, config.speed_batch_size, config.speed_seq_length)
+        check_reachable(costs, groups, config.target_speedup)
     if method.learnable_scores and masked:
         scores = PruningScores({g.name: method.init_scores(g) for g in masked})
         model.add_module(SCORES_ATTR, scores)
@@ -131,7 +136,7 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
             group.score = scores[group.name]
     for group in groups:
         method.init_group(group)
-        if group.kind != "n:m" and config.target_sparsity == 0:
+        if not _will_prune(group, config):
             continue  # nothing will be pruned: a dense baseline keeps plain Linear layers and pays no mask cost
         for member in group.members:
             module = member.module
@@ -141,12 +146,15 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     modules = {name: model.get_submodule(name) for name in names if name in covered}
     if len(modules) < len(names):
         logger.info("pdp_hf: granularity %r leaves %d default targets dense.", config.granularity, len(names) - len(modules))
-    setattr(model, PRUNER_ATTR, Pruner(config, modules, groups, method))
-    logger.info(
-        "pdp_hf: %s masks (%s) on %d Linear layers in %d unit groups (target sparsity %s).",
-        config.method, config.granularity, len(modules), len(groups), config.target_sparsity,
-    )
+    setattr(model, PRUNER_ATTR, Pruner(config, modules, groups, method, unit_costs=costs))
+    target = f"target speedup {config.target_speedup}" if costs else f"target sparsity {config.target_sparsity}"
+    logger.info("pdp_hf: %s masks (%s) on %d Linear layers in %d unit groups (%s).", config.method, config.granularity,
+                len(modules), len(groups), target)
     return model
+
+
+def _will_prune(group: UnitGroup, config: PDPConfig) -> bool:
+    return group.kind == "n:m" or config.target_speedup is not None or config.target_sparsity > 0
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from .methods import MaskMethod
 from .methods.base import relative_norms
 from .schedules import PruningSchedule, zeros_at
 from .scores import SCORES_ATTR
+from .speed_budget import predicted_speedup, speed_budgets
 from .units import UnitGroup
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,11 @@ class Pruner:
     ```
     """
 
-    def __init__(self, config: PDPConfig, modules: dict[str, nn.Linear], groups: list[UnitGroup], method: MaskMethod):
+    def __init__(self, config: PDPConfig, modules: dict[str, nn.Linear], groups: list[UnitGroup], method: MaskMethod,
+                 unit_costs: dict[str, float] | None = None):
         self.config = config
+        # target_speedup: seconds per dense forward ("dense") and saved per "head" / "neuron" (pdp_hf.speed_budget)
+        self.unit_costs = unit_costs
         self.modules = modules  # targeted module name -> module, in model order
         self.groups = groups
         self.method = method
@@ -116,6 +120,9 @@ class Pruner:
         comparable units (all weights of unstructured matrices together, all blocks, all heads, all neurons): of the
         unit norms (global), or of the learned scores as they are now (learned). N:M groups always prune every group
         of M."""
+        if self.config.target_speedup is not None:  # one ranking of squared unit norms per second saved
+            scores = {g.name: g.scores().float().square() for g in self.groups}
+            return speed_budgets(self.groups, self.unit_costs, self.config.target_speedup, scores)
         target = self.config.target_sparsity
         budgets = {g.name: g.num_units for g in self.groups if g.kind == "n:m"}
         ranked = [g for g in self.groups if g.kind != "n:m"]
@@ -292,7 +299,17 @@ class Pruner:
         active = [g for g in self.groups if g.zeros and g.hard_mask is None]
         gap = sum(float(self.method.mask_gap(g)) for g in active)
         own = {} if self.hardened else self.method.stats()
-        return {"sparsity": zeros / numel, **own, "mask_gap": gap / numel}
+        speed = {"predicted_speedup": self.predicted_speedup()} if self.unit_costs and self.budgets else {}
+        return {"sparsity": zeros / numel, **own, "mask_gap": gap / numel, **speed}
+
+    def predicted_speedup(self) -> float | None:
+        """With target_speedup: the forward speedup the final budgets predict on the device they were priced on."""
+        if not self.unit_costs or not self.budgets:
+            return None
+        pruned: dict[str, int] = {}
+        for group in self.groups:
+            pruned[group.kind] = pruned.get(group.kind, 0) + self.budgets[group.name]
+        return predicted_speedup(self.unit_costs, pruned)
 
     # -- checkpoint state -----------------------------------------------------------------------------------------
     def save_state(self, directory: str) -> None:

@@ -83,6 +83,8 @@ class PrunerTrainer(Trainer):
             raise ValueError("PrunerTrainer needs `model`; `model_init` is not supported (masks are applied once).")
         existing = get_pruner(model)
         if existing is None:
+            if pdp_config.target_speedup is not None and args is not None and getattr(args, "place_model_on_device", True):
+                model.to(args.device)  # heads and neurons are priced on the device that trains (Trainer moves it anyway)
             apply_pruning(model, pdp_config)
         elif existing.config != pdp_config:
             raise ValueError("The model already carries masks from another PDPConfig; finalize_pruning it first.")

@@ -91,7 +91,7 @@ def test_layers_run_one_way():
     """The config sits at the bottom (it imports only the version and the role groups); methods never reach the pruner or injection;
     nothing below the export layer imports it."""
     graph = import_graph()
-    assert graph["pdp_hf.config"] <= {"pdp_hf.version", "pdp_hf.roles"}
+    assert graph["pdp_hf.config"] <= {"pdp_hf.version", "pdp_hf.roles", "pdp_hf.config_io"}
     below_pruner = ("pdp_hf.config", "pdp_hf.targets", "pdp_hf.layers", "pdp_hf.units", "pdp_hf.methods")
     upper = {"pdp_hf.pruner", "pdp_hf.injection", "pdp_hf.trainer", "pdp_hf.export", "pdp_hf.cli"}
     for name, deps in graph.items():

@@ -1,0 +1,174 @@
+"""Budgets set by speed: `PDPConfig(target_speedup=2.0)` with heads and/or FFN neurons.
+
+When pruning is applied, a short timing of the model's real shapes on its own device gives a cost per unit type:
+the forward time saved per head and per FFN neuron removed, and the dense forward time (`measure_unit_costs`). At
+pruning start, units are ranked over all layers by squared norm (the sum of the squares of every weight a unit spans,
+so a head and a neuron are scored in the same units) per second of cost, and the lowest are pruned until the
+predicted time is dense / target (`speed_budgets`):
+
+    predicted speedup = T_dense / (T_dense - sum over pruned units of their cost)
+
+Every layer keeps at least one head and one neuron. The costs are measured once, broadcast from rank 0 under
+torch.distributed (every rank then fixes the same budgets), and saved with the pruning state, so a resumed run
+fixes the budgets the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("head", "neuron")
+
+
+def _inputs(model: nn.Module, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    config = model.config
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    if getattr(config, "vocab_size", None):
+        seq = min(seq, getattr(config, "max_position_embeddings", seq) or seq)
+        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator).to(device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    size = config.image_size
+    return {"pixel_values": torch.randn(batch, config.num_channels, size, size, generator=generator).to(device)}
+
+
+def _median_forward_seconds(model: nn.Module, inputs: dict, rounds: int) -> float:
+    synchronize = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(rounds + 1):  # the first call warms up
+            synchronize()
+            start = time.perf_counter()
+            model(**inputs)
+            synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def _cut(model: nn.Module, groups, kinds: tuple[str, ...], keep_of) -> int:
+    """Zero all but `keep_of(num_units)` units of every group of `kinds` in `model` (a copy) and slice them out;
+    returns the units cut."""
+    from .inference import slice_structure
+
+    cut = 0
+    for group in groups:
+        if group.kind not in kinds:
+            continue
+        kept = keep_of(group.num_units)
+        keep = torch.zeros(group.num_units, dtype=torch.bool)
+        keep[:kept] = True
+        for member in group.members:
+            module = model.get_submodule(member.name)
+            weight_mask, bias_mask = group.expand(keep.to(module.weight.device), member)
+            module.weight.mul_(weight_mask)
+            if bias_mask is not None and module.bias is not None:
+                module.bias.mul_(bias_mask)
+        cut += group.num_units - kept
+    slice_structure(model, heads="head" in kinds, neurons="neuron" in kinds)
+    return cut
+
+
+def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: int = 5) -> dict[str, float]:
+    """Seconds per forward of the dense model ("dense"), seconds saved per head and per neuron removed ("head",
+    "neuron"), and the time with one head and one neuron left per layer ("floor"), measured on the model's device
+    at `batch` x `seq`, all variants timed in turns. The half-cut copies (half of every layer's heads, or neurons,
+    sliced out) give each kind's price; the floor copy calibrates them, so that pricing every removable unit
+    predicts the floor that was measured. Under torch.distributed, rank 0's values are broadcast."""
+    kinds = tuple(k for k in KINDS if any(g.kind == k for g in groups))
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = _inputs(model, batch, seq)
+        variants = {"dense": (model, 0)}
+        for kind in kinds:
+            copied = copy.deepcopy(model)
+            variants[kind] = (copied, _cut(copied, groups, (kind,), lambda n: n - n // 2))
+        floor = copy.deepcopy(model)
+        variants["floor"] = (floor, _cut(floor, groups, kinds, lambda n: 1))
+        for variant, _ in variants.values():  # first calls allocate and initialize kernels: not part of the price
+            _median_forward_seconds(variant, inputs, 2)
+        samples = {key: [] for key in variants}
+        for _ in range(rounds):
+            for key, (variant, _) in variants.items():
+                samples[key].append(_median_forward_seconds(variant, inputs, 1))
+    finally:
+        model.train(was_training)
+    times = {key: statistics.median(values) for key, values in samples.items()}
+    dense = times["dense"]
+    totals = {kind: sum(g.num_units - 1 for g in groups if g.kind == kind) for kind in kinds}
+    # a timing too noisy to see a cut still prices the unit above zero
+    prices = {kind: max(dense - times[kind], 0.01 * dense) / variants[kind][1] for kind in kinds}
+    removable = max(dense - times["floor"], 0.01 * dense)
+    scale = removable / sum(prices[k] * totals[k] for k in kinds)
+    return _broadcast({"dense": dense, **{k: prices[k] * scale for k in kinds}})
+
+
+def _broadcast(costs: dict[str, float]) -> dict[str, float]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return costs
+    keys = ["dense", *KINDS]  # one broadcast; -1 marks a kind the model does not price
+    values = torch.tensor([costs.get(k, -1.0) for k in keys], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        values = values.cuda()
+    torch.distributed.broadcast(values, src=0)
+    return {k: float(v) for k, v in zip(keys, values.cpu().tolist()) if v >= 0}
+
+
+def predicted_speedup(costs: dict[str, float], pruned: dict[str, int]) -> float:
+    """T_dense / (T_dense - saved) for `pruned` units per kind."""
+    saved = sum(costs[kind] * count for kind, count in pruned.items())
+    return costs["dense"] / max(costs["dense"] - saved, 1e-12)
+
+
+def best_reachable(costs: dict[str, float], groups) -> float:
+    """The speedup with every group down to one unit."""
+    pruned = {}
+    for group in groups:
+        pruned[group.kind] = pruned.get(group.kind, 0) + group.num_units - 1
+    return predicted_speedup(costs, pruned)
+
+
+def check_reachable(costs: dict[str, float], groups, target: float) -> None:
+    best = best_reachable(costs, groups)
+    if best < target:
+        raise ValueError(
+            f"PDPConfig.target_speedup={target} cannot be reached on this device: with one head and one neuron left "
+            f"in every layer the predicted speedup is {best:.2f}x (dense forward {1000 * costs['dense']:.1f} ms; the "
+            f"rest is embeddings, normalization and the head). Set target_speedup to at most {best:.2f}, or prune "
+            "more kinds of units (granularity='attention=head,ffn=neuron')."
+        )
+
+
+def speed_budgets(groups, costs: dict[str, float], target: float, scores: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Pruned units per group: units ranked over all groups by `scores` (comparable across groups and kinds: squared
+    unit norms) per unit of cost, the lowest pruned first until the predicted speedup reaches `target`; each group keeps
+    at least one unit. Ties go to the earlier group and unit."""
+    check_reachable(costs, groups, target)
+    need = costs["dense"] * (1 - 1 / target)
+    rows = []
+    for index, group in enumerate(groups):
+        values = scores[group.name].detach().float().reshape(-1).cpu()
+        order = torch.argsort(values, stable=True)[: group.num_units - 1]  # the strongest unit always stays
+        cost = costs[group.kind]
+        rows += [(float(values[u]) / cost, index, rank, cost) for rank, u in enumerate(order.tolist())]
+    rows.sort()
+    budgets = {g.name: 0 for g in groups}
+    saved = 0.0
+    for _, index, rank, cost in rows:
+        if saved >= need:
+            break
+        name = groups[index].name
+        if budgets[name] == rank:  # a group's units go in its own score order
+            budgets[name] += 1
+            saved += cost
+    return budgets

@@ -1,0 +1,164 @@
+"""Budgets set by speed (`PDPConfig(target_speedup=...)`): the ranking against a slow direct reference, every method
+and structured granularity on a tiny BERT with fixed prices, a clear error for a target out of reach, the same
+budgets after resume and on every rank. Prices come from timings, so tests fix them (timings are never asserted)."""
+
+import os
+import random
+
+import pytest
+import torch
+
+from pdp_hf import PDPConfig, apply_pruning, finalize_pruning, get_pruner
+from pdp_hf import speed_budget as sb
+from pdp_hf.shrink import kept_sizes
+from tests.conftest import tiny_bert
+
+PRICES = {"dense": 1.0, "head": 0.06, "neuron": 0.003}  # 2 layers x (2 heads, 64 neurons): floor at 0.496
+
+
+def reference_budgets(groups, costs, target, scores):
+    """Slow and direct: list every unit but each group's strongest, sort by score / cost (ties: group, then unit
+    order within the group's score order), prune from the front until dense / (dense - saved) >= target."""
+    units = []
+    for index, group in enumerate(groups):
+        values = [float(v) for v in scores[group.name].reshape(-1)]
+        ordered = sorted(range(len(values)), key=lambda u: (values[u], u))
+        for rank, unit in enumerate(ordered[:-1]):
+            units.append((values[unit] / costs[group.kind], index, rank))
+    units.sort()
+    budgets = {g.name: 0 for g in groups}
+    saved = 0.0
+    for _, index, _ in units:
+        if costs["dense"] / (costs["dense"] - saved) >= target:
+            break
+        budgets[groups[index].name] += 1
+        saved += costs[groups[index].kind]
+    return budgets
+
+
+class Group:
+    def __init__(self, name, kind, num_units):
+        self.name, self.kind, self.num_units = name, kind, num_units
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_speed_budgets_match_the_direct_reference(seed):
+    rng = random.Random(seed)
+    groups = [Group(f"layer{i}:{kind}s", kind, rng.choice([2, 4, 12] if kind == "head" else [8, 64]))
+              for i in range(rng.randint(1, 4)) for kind in ("head", "neuron")]
+    costs = {"dense": 1.0, "head": rng.uniform(0.005, 0.03), "neuron": rng.uniform(0.0002, 0.002)}
+    scores = {g.name: torch.tensor([rng.choice([0.5, 1.0, rng.random()]) for _ in range(g.num_units)]) for g in groups}
+    best = sb.best_reachable(costs, groups)
+    target = 1 + (best - 1) * rng.uniform(0.1, 0.99)
+    budgets = sb.speed_budgets(groups, costs, target, scores)
+    assert budgets == reference_budgets(groups, costs, target, scores)
+    pruned = {}
+    for g in groups:
+        assert 0 <= budgets[g.name] <= g.num_units - 1
+        pruned[g.kind] = pruned.get(g.kind, 0) + budgets[g.name]
+    assert sb.predicted_speedup(costs, pruned) >= target
+
+
+def test_a_target_out_of_reach_names_the_best_reachable_speedup():
+    groups = [Group("l0:heads", "head", 2), Group("l0:neurons", "neuron", 64)]
+    best = sb.best_reachable(PRICES, groups)
+    assert best == pytest.approx(1 / (1 - 0.06 - 63 * 0.003))
+    with pytest.raises(ValueError, match=rf"target_speedup=3.0 cannot be reached .* {best:.2f}x .* at most {best:.2f}"):
+        sb.speed_budgets(groups, PRICES, 3.0, {"l0:heads": torch.ones(2), "l0:neurons": torch.ones(64)})
+
+
+@pytest.mark.parametrize("value, says", [
+    (dict(target_speedup=2.0, target_sparsity=0.5), "exclude each other"),
+    (dict(target_speedup=2.0), "prices whole heads and FFN neurons"),  # unstructured
+    (dict(target_speedup=1.0, granularity="neuron"), "must be > 1"),
+    (dict(target_speedup=2.0, granularity="head", sparsity_distribution="learned"), "use 'global' or 'uniform'"),
+    (dict(target_speedup=2.0, granularity="head", speed_batch_size=0), "speed_batch_size=0 is invalid"),
+])
+def test_config_refuses_what_a_speed_target_cannot_mean(value, says):
+    with pytest.raises(ValueError, match=says):
+        PDPConfig(**value)
+
+
+@pytest.fixture
+def fixed_prices(monkeypatch):
+    """measure_unit_costs returns PRICES (and counts its calls)."""
+    calls = []
+
+    def fake(model, groups, batch, seq, rounds=5):
+        calls.append((batch, seq))
+        return {k: v for k, v in PRICES.items() if k == "dense" or any(g.kind == k for g in groups)}
+
+    monkeypatch.setattr("pdp_hf.injection.measure_unit_costs", fake)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["pdp", "smart", "movement", "magnitude"])
+@pytest.mark.parametrize("granularity", ["head", "neuron", "attention=head,ffn=neuron"])
+def test_every_method_and_structured_granularity_reaches_the_target_with_exact_counts(method, granularity, fixed_prices):
+    target = 1.3 if granularity != "head" else 1.1
+    model = tiny_bert()
+    apply_pruning(model, PDPConfig(method=method, granularity=granularity, target_speedup=target,
+                                   pruning_start=2, pruning_end=6, harden_at=8, speed_batch_size=4, speed_seq_length=8))
+    assert fixed_prices == [(4, 8)]
+    pruner = get_pruner(model)
+    params = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
+    optimizer = torch.optim.AdamW([{"params": params}, *pruner.optimizer_param_groups()], lr=1e-3)
+    pruner.set_total_steps(10)
+    pruner.set_optimizer(optimizer)
+    for step in range(10):
+        pruner.step(step)
+        model(input_ids=torch.randint(1, 60, (4, 8)), labels=torch.randint(0, 2, (4,))).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    budgets = dict(pruner.budgets)
+    predicted = pruner.predicted_speedup()
+    assert predicted >= target and pruner.stats()["predicted_speedup"] == predicted
+    finalize_pruning(model)
+    sizes = kept_sizes(model)
+    for group in pruner.groups:
+        layer = int(group.name.split(".")[-1].split(":")[0])
+        key = "heads" if group.kind == "head" else "neurons"
+        assert sizes[layer][key] == [group.num_units - budgets[group.name], group.num_units]
+
+
+def test_resume_keeps_the_prices_the_run_started_with(fixed_prices, tmp_path, monkeypatch):
+    config = PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=1.3, pruning_start=4, pruning_end=6,
+                       harden_at=8)
+    first = apply_pruning(tiny_bert(), config)
+    get_pruner(first).set_total_steps(10)
+    get_pruner(first).save_state(str(tmp_path))  # a checkpoint from the dense warm-up: no budgets yet
+    monkeypatch.setattr("pdp_hf.injection.measure_unit_costs",
+                        lambda model, groups, batch, seq, rounds=5: {"dense": 1.0, "head": 0.001, "neuron": 0.004})
+    resumed = apply_pruning(tiny_bert(), config)
+    assert get_pruner(resumed).unit_costs["head"] == 0.001  # this run's own timing...
+    get_pruner(resumed).load_state(str(tmp_path))
+    assert get_pruner(resumed).unit_costs == get_pruner(first).unit_costs  # ...gives way to the checkpoint's
+    for model in (first, resumed):
+        get_pruner(model).set_total_steps(10)
+        get_pruner(model).step(4)
+    assert get_pruner(resumed).budgets == get_pruner(first).budgets
+
+
+def _broadcast_worker(rank, folder):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    costs = sb._broadcast({"dense": 1.0 + rank, "head": 0.01 * (rank + 1), "neuron": 0.001})
+    torch.save(costs, os.path.join(folder, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_every_rank_prices_with_rank_0s_timing(tmp_path):
+    torch.multiprocessing.spawn(_broadcast_worker, args=(str(tmp_path),), nprocs=2)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert rank0 == rank1 == {"dense": 1.0, "head": 0.01, "neuron": 0.001}
+
+
+def test_measured_prices_are_positive_and_calibrated_to_the_floor():
+    from pdp_hf.targets import find_targets
+    from pdp_hf.units import build_unit_groups
+
+    model = tiny_bert()
+    groups = build_unit_groups(model, find_targets(model, None),
+                               PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5))
+    costs = sb.measure_unit_costs(model, groups, batch=2, seq=8, rounds=2)
+    assert set(costs) == {"dense", "head", "neuron"} and all(v > 0 for v in costs.values())
+    assert 1 < sb.best_reachable(costs, groups) < float("inf")
