@@ -79,8 +79,9 @@ class PDPConfig(ConfigIO):
             "help": "Budgets set by speed instead of sparsity: the predicted forward speedup of the shrunk model on "
             "the device pruning is applied on, > 1, e.g. 2.0. Needs granularity 'head', 'neuron' or "
             "'attention=head,ffn=neuron'; excludes target_sparsity. A short timing of the model's shapes gives a "
-            "cost per head and per neuron (see speed_batch_size, speed_seq_length); units are pruned over all layers "
-            "in order of squared norm per unit of cost until the predicted time is dense / target_speedup."
+            "cost per head and per neuron (see speed_batch_size, speed_seq_length). sparsity_distribution 'uniform': "
+            "the same fraction of heads and neurons in every layer, the smallest that reaches the target; 'global': "
+            "units pruned over all layers in order of squared norm per unit of cost (uneven layers)."
         },
     )
     speed_batch_size: int = field(
@@ -296,9 +297,9 @@ class PDPConfig(ConfigIO):
             raise _invalid("granularity", self.granularity, "target_speedup prices whole heads and FFN neurons; use "
                            "'head', 'neuron' or 'attention=head,ffn=neuron'")
         if self.sparsity_distribution == "learned":
-            raise _invalid("sparsity_distribution", "learned", "target_speedup fixes the budgets over all layers at "
-                           "pruning_start by squared norm per unit of cost; use 'global' or 'uniform' (both mean the "
-                           "same with a speed target)")
+            raise _invalid("sparsity_distribution", "learned", "target_speedup fixes the budgets at pruning_start; "
+                           "use 'uniform' (one fraction of heads and neurons per layer) or 'global' (squared norm per "
+                           "unit of cost over all layers)")
 
     def prunes(self) -> bool:
         """Whether anything will be pruned: a speed target, a sparsity above 0, or an N:M pattern."""

@@ -18,7 +18,7 @@ from .methods import MaskMethod
 from .methods.base import relative_norms
 from .schedules import PruningSchedule, zeros_at
 from .scores import SCORES_ATTR
-from .speed_budget import predicted_speedup, speed_budgets
+from .speed_budget import predicted_speedup, speed_budgets, uniform_speed_budgets
 from .units import UnitGroup
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,10 @@ class Pruner:
         comparable units (all weights of unstructured matrices together, all blocks, all heads, all neurons): of the
         unit norms (global), or of the learned scores as they are now (learned). N:M groups always prune every group
         of M."""
-        if self.config.target_speedup is not None:  # one ranking of squared unit norms per second saved
-            scores = {g.name: g.scores().float().square() for g in self.groups}
+        if self.config.target_speedup is not None:
+            if self.config.sparsity_distribution == "uniform":
+                return uniform_speed_budgets(self.groups, self.unit_costs, self.config.target_speedup)
+            scores = {g.name: g.scores().float().square() for g in self.groups}  # one ranking per second saved
             return speed_budgets(self.groups, self.unit_costs, self.config.target_speedup, scores)
         target = self.config.target_sparsity
         budgets = {g.name: g.num_units for g in self.groups if g.kind == "n:m"}

@@ -2,9 +2,15 @@
 
 When pruning is applied, a short timing of the model's real shapes on its own device gives a cost per unit type:
 the forward time saved per head and per FFN neuron removed, and the dense forward time (`measure_unit_costs`). At
-pruning start, units are ranked over all layers by squared norm (the sum of the squares of every weight a unit spans,
-so a head and a neuron are scored in the same units) per second of cost, and the lowest are pruned until the
-predicted time is dense / target (`speed_budgets`):
+pruning start the budgets are fixed so that the predicted time is dense / target:
+
+- `sparsity_distribution="uniform"` (`uniform_speed_budgets`): every layer prunes the same fraction of its heads and
+  of its neurons, the smallest fraction that reaches the target;
+- `"global"` (`speed_budgets`): units are ranked over all layers and both kinds by squared norm (the sum of the
+  squares of every weight a unit spans, so a head and a neuron are scored in the same units) per second of cost,
+  and the lowest are pruned first: uneven layers, and heads go first wherever they save more time per unit of
+  squared norm.
+
 
     predicted speedup = T_dense / (T_dense - sum over pruned units of their cost)
 
@@ -172,3 +178,17 @@ def speed_budgets(groups, costs: dict[str, float], target: float, scores: dict[s
             budgets[name] += 1
             saved += cost
     return budgets
+
+
+def uniform_speed_budgets(groups, costs: dict[str, float], target: float) -> dict[str, int]:
+    """Pruned units per group: the same fraction s of every group's units, round(s * units) capped at all but one, for
+    the smallest s on a 1/1000 grid whose predicted speedup reaches `target`."""
+    check_reachable(costs, groups, target)
+    for step in range(1001):
+        budgets = {g.name: min(int(round(step / 1000 * g.num_units)), g.num_units - 1) for g in groups}
+        pruned: dict[str, int] = {}
+        for g in groups:
+            pruned[g.kind] = pruned.get(g.kind, 0) + budgets[g.name]
+        if predicted_speedup(costs, pruned) >= target:
+            return budgets
+    return budgets  # unreachable: check_reachable raised, and s = 1 prunes all but one unit everywhere

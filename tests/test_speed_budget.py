@@ -59,6 +59,23 @@ def test_speed_budgets_match_the_direct_reference(seed):
     assert sb.predicted_speedup(costs, pruned) >= target
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_uniform_speed_budgets_take_the_smallest_fraction_that_reaches_the_target(seed):
+    rng = random.Random(seed)
+    groups = [Group(f"layer{i}:{kind}s", kind, 12 if kind == "head" else 1536) for i in range(6) for kind in ("head", "neuron")]
+    costs = {"dense": 1.0, "head": rng.uniform(0.002, 0.006), "neuron": rng.uniform(2e-5, 6e-5)}
+    target = 1 + (sb.best_reachable(costs, groups) - 1) * rng.uniform(0.1, 0.9)
+
+    def predicted(fraction):
+        pruned = {"head": 6 * min(round(fraction * 12), 11), "neuron": 6 * min(round(fraction * 1536), 1535)}
+        return sb.predicted_speedup(costs, pruned)
+
+    fraction = next(f / 1000 for f in range(1001) if predicted(f / 1000) >= target)  # the direct search
+    budgets = sb.uniform_speed_budgets(groups, costs, target)
+    assert budgets == {g.name: min(round(fraction * g.num_units), g.num_units - 1) for g in groups}
+    assert predicted(fraction) >= target > predicted(fraction - 0.001)
+
+
 def test_a_target_out_of_reach_names_the_best_reachable_speedup():
     groups = [Group("l0:heads", "head", 2), Group("l0:neurons", "neuron", 64)]
     best = sb.best_reachable(PRICES, groups)
@@ -71,7 +88,7 @@ def test_a_target_out_of_reach_names_the_best_reachable_speedup():
     (dict(target_speedup=2.0, target_sparsity=0.5), "exclude each other"),
     (dict(target_speedup=2.0), "prices whole heads and FFN neurons"),  # unstructured
     (dict(target_speedup=1.0, granularity="neuron"), "must be > 1"),
-    (dict(target_speedup=2.0, granularity="head", sparsity_distribution="learned"), "use 'global' or 'uniform'"),
+    (dict(target_speedup=2.0, granularity="head", sparsity_distribution="learned"), "use 'uniform'"),
     (dict(target_speedup=2.0, granularity="head", speed_batch_size=0), "speed_batch_size=0 is invalid"),
 ])
 def test_config_refuses_what_a_speed_target_cannot_mean(value, says):
@@ -92,12 +109,15 @@ def fixed_prices(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "global"])
 @pytest.mark.parametrize("method", ["pdp", "smart", "movement", "magnitude"])
 @pytest.mark.parametrize("granularity", ["head", "neuron", "attention=head,ffn=neuron"])
-def test_every_method_and_structured_granularity_reaches_the_target_with_exact_counts(method, granularity, fixed_prices):
+def test_every_method_and_structured_granularity_reaches_the_target_with_exact_counts(method, granularity, distribution,
+                                                                                       fixed_prices):
     target = 1.3 if granularity != "head" else 1.1
     model = tiny_bert()
     apply_pruning(model, PDPConfig(method=method, granularity=granularity, target_speedup=target,
+                                   sparsity_distribution=distribution,
                                    pruning_start=2, pruning_end=6, harden_at=8, speed_batch_size=4, speed_seq_length=8))
     assert fixed_prices == [(4, 8)]
     pruner = get_pruner(model)
@@ -111,6 +131,9 @@ def test_every_method_and_structured_granularity_reaches_the_target_with_exact_c
         optimizer.step()
         optimizer.zero_grad()
     budgets = dict(pruner.budgets)
+    if distribution == "uniform":  # one fraction: groups of one kind and size prune the same number of units
+        for kind in ("head", "neuron"):
+            assert len({budgets[g.name] for g in pruner.groups if g.kind == kind}) <= 1
     predicted = pruner.predicted_speedup()
     assert predicted >= target and pruner.stats()["predicted_speedup"] == predicted
     finalize_pruning(model)
