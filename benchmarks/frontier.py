@@ -30,17 +30,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from compare_methods import git_commit, mean_std, run_one  # noqa: E402  (one runner for both grids)
+from compare_methods import METHOD_ARGS, git_commit, mean_std, run_one  # noqa: E402  (one runner for both grids)
 
 SEEDS = (42, 43, 44)
 OUT = os.path.join(HERE, "frontier_minilm_sst2")
-METHOD_ARGS = {
-    "dense": ["--target_sparsity", "0"],
-    "magnitude": ["--method", "magnitude", "--sparsity_schedule", "cubic"],
-    "movement": ["--method", "movement", "--sparsity_schedule", "cubic", "--movement_score_init", "magnitude"],
-    "pdp": ["--method", "pdp"],
-    "smart": ["--method", "smart"],
-}
 # setting -> (label, demo flags). The hn* settings fix a sparsity per layer (chosen before target_speedup existed, from a
 # fixed-plus-proportional fit to the measured 1.80x of 50% heads + 50% neurons: 60% ~ 2.2x, 75% ~ 3x); the x* settings
 # set the speed itself (`target_speedup`, heads and neurons priced on this CPU at batch 32 x 128): one fraction of heads

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Predicted against measured speedup of `target_speedup` budgets, at BERT-base width, on this machine.
+
+    python benchmarks/benchmark_speed_budget.py                 # 4 layers, targets 1.5 2 3, uniform and global
+    python benchmarks/benchmark_speed_budget.py --layers 12 --targets 2
+
+A BERT-base-width model (hidden 768, 12 heads, FFN 3072, random weights: speed does not depend on the values) is
+priced once (`measure_unit_costs` at batch 32 x 128, as `apply_pruning` does), then for every target and
+distribution the budgets are fixed, the model finalized and shrunk as `export_pruned(shrink=True)` would, and the
+shrunk model is timed against the dense one, interleaved, at batch 32 and 1 (seq 128). The prediction is for the
+priced shape (batch 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from pdp_hf import PDPConfig, apply_pruning, finalize_pruning, get_pruner, injection
+from pdp_hf.shrink import shrink_for_export
+from pdp_hf.speed_budget import measure_unit_costs
+from pdp_hf.targets import find_targets
+from pdp_hf.units import build_unit_groups
+
+
+def timed(model, inputs) -> float:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(**inputs)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    base = BertForSequenceClassification(BertConfig(num_hidden_layers=args.layers, num_labels=2)).eval()
+    structure = PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5)
+    costs = measure_unit_costs(base, build_unit_groups(base, find_targets(base, None), structure), 32, 128)
+    print(f"BERT-base width, {args.layers} layers, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"prices at batch 32 x 128: dense {1000 * costs['dense']:.1f} ms, head {1000 * costs['head']:.3f} ms, "
+          f"neuron {1000 * costs['neuron']:.4f} ms")
+    print("| target | distribution | heads kept | neurons kept | predicted (b32) | measured b32 | measured b1 |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    injection.measure_unit_costs = lambda *a, **k: costs  # price once: every target uses the same timing
+    for target in args.targets:
+        for distribution in ("uniform", "global"):
+            model = copy.deepcopy(base)
+            config = PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=target,
+                               sparsity_distribution=distribution, method="magnitude")
+            apply_pruning(model, config)
+            pruner = get_pruner(model)
+            pruner.set_total_steps(10)
+            pruner.step(pruner.schedule.start)
+            predicted = pruner.predicted_speedup()
+            heads = sum(g.num_units - pruner.budgets[g.name] for g in pruner.groups if g.kind == "head")
+            neurons = sum(g.num_units - pruner.budgets[g.name] for g in pruner.groups if g.kind == "neuron")
+            finalize_pruning(model)
+            shrink_for_export(model)
+            measured = {}
+            for batch in (32, 1):
+                ids = torch.randint(1000, 2000, (batch, 128))
+                inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+                for m in (base, model):
+                    timed(m, inputs)
+                samples = {"dense": [], "shrunk": []}
+                for _ in range(args.rounds):
+                    samples["dense"].append(timed(base, inputs))
+                    samples["shrunk"].append(timed(model, inputs))
+                measured[batch] = statistics.median(samples["dense"]) / statistics.median(samples["shrunk"])
+            print(f"| {target:g} | {distribution} | {heads}/{12 * args.layers} | {neurons}/{3072 * args.layers} | "
+                  f"{predicted:.2f}x | {measured[32]:.2f}x | {measured[1]:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
