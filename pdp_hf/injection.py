@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attached import PRUNER_ATTR, _unwrap, get_pruner
 from .checkpoint import STATE_NAME
 from .config import PDPConfig
 from .methods import MaskMethod, get_method
@@ -28,7 +29,6 @@ from .units import Member, UnitGroup, build_unit_groups
 
 logger = logging.getLogger(__name__)
 
-PRUNER_ATTR = "_pdp_pruner"
 __all__ = ["PrunedLinear", "Pruner", "PruningScores", "apply_pruning", "finalize_pruning", "get_pruner", "global_budgets",
            "SCORES_ATTR", "STATE_NAME"]
 _MODULE_ATTRS = ("pdp_method", "pdp_group", "pdp_member")
@@ -89,17 +89,6 @@ class _ZeroGradTie(torch.autograd.Function):
     def backward(ctx, grad):
         shape, dtype, device = ctx.score_meta
         return grad, torch.zeros(shape, dtype=dtype, device=device)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
-
-
-def get_pruner(model: nn.Module) -> Pruner | None:
-    """The `Pruner` attached by `apply_pruning`, or None (also through DDP-style `.module` wrappers)."""
-    return getattr(_unwrap(model), PRUNER_ATTR, None)
 
 
 def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:

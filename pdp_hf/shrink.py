@@ -15,15 +15,9 @@ import os
 import torch
 from torch import nn
 
-from .inference import (
-    _FFN_SIZE_ATTRS,
-    _keep_at_least_one,
-    removable_heads,
-    removable_neurons,
-    shrink_neurons_for_config,
-    slice_structure,
-)
+from .inference import _FFN_SIZE_ATTRS, shrink_neurons_for_config
 from .layers import head_count, role_map
+from .slicing import _keep_at_least_one, removable_heads, removable_neurons, slice_structure
 from .targets import find_targets
 
 MODELING_FILE = "modeling_pdp_shrunk.py"

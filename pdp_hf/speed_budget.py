@@ -29,6 +29,8 @@ import time
 import torch
 from torch import nn
 
+from .slicing import slice_structure
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("head", "neuron")
@@ -64,8 +66,6 @@ def _median_forward_seconds(model: nn.Module, inputs: dict, rounds: int) -> floa
 def _cut(model: nn.Module, groups, kinds: tuple[str, ...], keep_of) -> int:
     """Zero all but `keep_of(num_units)` units of every group of `kinds` in `model` (a copy) and slice them out;
     returns the units cut."""
-    from .inference import slice_structure
-
     cut = 0
     for group in groups:
         if group.kind not in kinds:

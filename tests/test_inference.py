@@ -1,5 +1,7 @@
 """optimize_for_inference and shrunk exports: outputs equal to the zero-weight model's, on every backend."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -149,10 +151,12 @@ def test_optimize_refuses_models_with_live_masks_and_unknown_backends():
 
 @pytest.mark.parametrize("factory", [tiny_bert, tiny_distilbert, tiny_vit], ids=lambda f: f.__name__)
 def test_shrink_export_loads_without_pdp_hf_with_equal_logits(factory, tmp_path):
+    """Uniform FFN cuts alone fit a plain config: no modeling file, no trust_remote_code (heads and uneven layers:
+    tests/test_shrunk_export.py)."""
     from tests.test_export import load_elsewhere
 
-    model = pruned(factory, granularity="attention=head,ffn=neuron", target_sparsity=0.5)
-    folder = export_pruned(model, tmp_path / "export", shrink=True, pdp_config=PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5))
+    model = pruned(factory, granularity="neuron", target_sparsity=0.5)
+    folder = export_pruned(model, tmp_path / "export", shrink=True, pdp_config=PDPConfig(granularity="neuron", target_sparsity=0.5))
     inputs = inputs_for(factory)
     auto = "AutoModelForImageClassification" if factory is tiny_vit else "AutoModelForSequenceClassification"
     out = load_elsewhere(folder, inputs, auto, tmp_path)
@@ -160,19 +164,19 @@ def test_shrink_export_loads_without_pdp_hf_with_equal_logits(factory, tmp_path)
     torch.testing.assert_close(out["logits"], logits(model, inputs), rtol=0, atol=1e-5)
     config_text = (tmp_path / "export" / "config.json").read_text()
     assert '"intermediate_size": 32' in config_text or '"hidden_dim": 32' in config_text
+    assert "auto_map" not in config_text and not (tmp_path / "export" / "modeling_pdp_shrunk.py").exists()
     assert "every layer's FFN has 32 neurons" in (tmp_path / "export" / "README.md").read_text()
     assert [m.weight.shape[0] for n, m in model.named_modules() if n.endswith(("intermediate.dense", "lin1", "fc1"))] == [64, 64]
 
-    loaded = load_pruned(folder, optimize="slice")  # heads sliced at load
-    torch.testing.assert_close(logits(loaded, inputs), logits(model, inputs), rtol=0, atol=1e-5)
-    assert loaded.pdp_inference["slice"]["heads"] == {0: [1, 2], 1: [1, 2]}
 
-
-def test_shrink_refuses_uneven_layers_and_points_to_load_pruned(tmp_path):
+def test_uneven_layers_shrink_per_layer_with_the_modeling_file(tmp_path):
     model = pruned(tiny_bert, granularity="neuron", target_sparsity=0.5, sparsity_distribution="global")
-    with pytest.raises(ValueError, match=r"kept neurons differ \(layer 0: \d+, layer 1: \d+ of 64\).*load_pruned\(dir, optimize=True\)"):
-        export_pruned(model, tmp_path / "export", shrink=True)
-    assert not (tmp_path / "export").exists()
+    folder = export_pruned(model, tmp_path / "export", shrink=True)
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    sizes = [config["pdp_shrunk"]["linear"][f"bert.encoder.layer.{i}.intermediate.dense"][1] for i in (0, 1)]
+    assert sizes[0] != sizes[1] and config["intermediate_size"] == 64
+    inputs = inputs_for(tiny_bert)
+    torch.testing.assert_close(logits(load_pruned(folder), inputs), logits(model, inputs), rtol=0, atol=1e-5)
 
 
 def test_shrink_without_removable_neurons_writes_a_plain_export(tmp_path):
