@@ -96,3 +96,17 @@ def test_missing_glue_data_is_one_line(model_dir, tmp_path):  # noqa: F811
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("demo: ") and "no-glue" in last and "GLUE" in last
+
+
+@pytest.mark.parametrize("recipe", sorted(f for f in os.listdir(os.path.join(SCRIPTS, "configs")) if f.startswith("demo_")))
+def test_every_demo_recipe_parses_with_every_key(recipe):
+    """scripts/configs/demo_*.json: each key reaches an argument group with its value (the speed recipes included)."""
+    path = os.path.join(SCRIPTS, "configs", recipe)
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f)
+    parsed = load_demo().parse_args([path])
+    for key, value in values.items():
+        owners = [group for group in parsed if hasattr(group, key)]
+        assert owners, f"{recipe}: {key} is no argument of the demo"
+        got = getattr(owners[0], key)
+        assert got == value or (key == "report_to" and got in ([], "none", ["none"])), (key, got)
