@@ -4,6 +4,7 @@
     python benchmarks/benchmark_training.py                                  # BERT-base width, 4 layers; batch 8 and 32
     python benchmarks/benchmark_training.py --shape minilm --batch_sizes 8 --steps 10
     python benchmarks/benchmark_training.py --device cuda --dtype bf16        # on a GPU, bf16 autocast
+    python benchmarks/benchmark_training.py --count_ops                       # operators per step, 2 and 8 layers
 
 Every variant is its own copy of the same model (random weights: cost does not depend on them) with its own AdamW,
 trained on the same batches. Steps are interleaved (one step of every variant, in a fresh random order, then the
@@ -175,6 +176,84 @@ def child(variant: str, args) -> None:
     print("RESULT " + json.dumps({"peak_mib": peak}))
 
 
+# Operators that only re-describe memory: no kernel runs for them on a GPU.
+VIEW_OPS = {"aten::view", "aten::_unsafe_view", "aten::as_strided", "aten::reshape", "aten::t", "aten::transpose",
+            "aten::expand", "aten::expand_as", "aten::slice", "aten::select", "aten::unsqueeze", "aten::squeeze",
+            "aten::permute", "aten::alias", "aten::detach", "aten::view_as", "aten::unflatten", "aten::flatten",
+            "aten::split", "aten::chunk", "aten::unbind", "aten::narrow", "aten::lift_fresh", "aten::numpy_T"}
+
+
+def count_step_operators(method: str | None, layers: int, phase: str, mask_kernel: str = "eager",
+                         level: str = "leaf") -> int:
+    """Operators dispatched by one training step (Pruner.step, forward, backward, clipping, AdamW, zero_grad) of a tiny
+    BERT with `layers` layers: the leaf aten operators torch.profiler records on the CPU, views excluded; on a GPU each
+    is about one kernel launch. `method` None is dense; `phase` "ramp" (soft masks, a step between exact refreshes)
+    or "hardened" (fixed masks, zeros kept in place). `level="top"` counts the outermost aten operators instead
+    (a composite such as aten::linear once, not its addmm)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from pdp_hf import PDPConfig, apply_pruning, get_pruner
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=2))
+    model.train()
+    pruner = None
+    if method is not None:
+        schedule = dict(pruning_start=0, pruning_end=100, harden_at=None) if phase == "ramp" else dict(
+            pruning_start=0, pruning_end=0, harden_at=0)
+        pruner = get_pruner(apply_pruning(model, PDPConfig(method=method, target_sparsity=0.5, mask_kernel=mask_kernel,
+                                                           **schedule)))
+        pruner.set_total_steps(200)
+    weights = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
+    optimizer = torch.optim.AdamW([{"params": weights}, *(pruner.optimizer_param_groups() if pruner else [])], lr=1e-4)
+    if pruner is not None:
+        pruner.set_optimizer(optimizer)
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 100, (4, 16), generator=g), "labels": torch.randint(0, 2, (4,), generator=g)}
+
+    def step(index):
+        if pruner is not None:
+            pruner.step(index)
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for index in range(4):  # past the exact selection at step 0: step 4 is a step between refreshes
+        step(index)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(4)
+    count = 0
+    for event in prof.events():
+        if not event.name.startswith("aten::") or event.name in VIEW_OPS:
+            continue
+        if level == "top":
+            parent = event.cpu_parent
+            count += parent is None or not parent.name.startswith("aten::")
+        elif not any(child.name.startswith("aten::") and child.name not in VIEW_OPS for child in event.cpu_children):
+            count += 1
+    return count
+
+
+def count_ops_table(methods=("pdp", "smart", "movement", "magnitude"), layers=(2, 8)) -> list[str]:
+    """Operators per step at 2 and 8 layers, and each method's extra per added layer, ramp and hardened."""
+    dense = {n: count_step_operators(None, n, "ramp") for n in layers}
+    per_layer = (dense[layers[1]] - dense[layers[0]]) / (layers[1] - layers[0])
+    rows = [f"dense: {dense[layers[0]]} operators at {layers[0]} layers, {dense[layers[1]]} at {layers[1]} "
+            f"({per_layer:.0f} per layer)", "",
+            f"| method | phase | extra at {layers[0]} layers | extra at {layers[1]} layers | extra per added layer |",
+            "|---|---|---:|---:|---:|"]
+    for method in methods:
+        for phase in ("ramp", "hardened"):
+            extra = {n: count_step_operators(method, n, phase) - dense[n] for n in layers}
+            growth = (extra[layers[1]] - extra[layers[0]]) / (layers[1] - layers[0])
+            rows.append(f"| {method} | {phase} | {extra[layers[0]]} | {extra[layers[1]]} | {growth:.1f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="bert-base-4l", choices=list(SHAPES))
@@ -188,9 +267,16 @@ def main() -> None:
     parser.add_argument("--no_memory", action="store_true", help="Skip the per-variant peak-memory processes.")
     parser.add_argument("--flush_denormal", action="store_true",
                         help="torch.set_flush_denormal(True) (CPU): denormal floats computed as zero.")
+    parser.add_argument("--count_ops", action="store_true", help="Only the operators-per-step table (tiny BERT, CPU).")
     parser.add_argument("--child", metavar="VARIANT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
+
+    if args.count_ops:
+        print(f"# operators per training step (torch.profiler, CPU, leaf aten ops, views excluded; torch "
+              f"{torch.__version__}); tiny BERT (hidden 32, 2 heads, FFN 64), batch 4 x 16, 50% unstructured, eager masks")
+        print("\n".join(count_ops_table()))
+        return
 
     if args.flush_denormal:
         torch.set_flush_denormal(True)
