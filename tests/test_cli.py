@@ -144,6 +144,24 @@ def test_export_of_an_export_shrinks_and_keeps_the_card(tmp_path, capsys):
     assert PDPConfig.from_pretrained(tmp_path / "shrunk") == config
 
 
+def test_export_shrinks_heads_per_layer_and_writes_onnx(tmp_path):
+    import json
+
+    from pdp_hf import apply_pruning, export_pruned, finalize_pruning, load_pruned
+
+    config = PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5, sparsity_distribution="global")
+    model = finalize_pruning(apply_pruning(tiny_bert(layers=3), config)).eval()
+    plain = export_pruned(model, tmp_path / "plain", pdp_config=config)
+    assert main(["export", plain, str(tmp_path / "shrunk"), "--shrink", "--onnx"]) == 0
+    files = set(os.listdir(tmp_path / "shrunk"))
+    assert {"model.onnx", "modeling_pdp_shrunk.py"} <= files
+    assert "pdp_shrunk" in json.loads((tmp_path / "shrunk" / "config.json").read_text())
+    ids = torch.randint(1, 60, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(load_pruned(tmp_path / "shrunk")(input_ids=ids).logits, model(input_ids=ids).logits,
+                                   rtol=0, atol=1e-5)
+
+
 def test_speed_refuses_bad_flags_in_one_line_with_exit_code_2(tmp_path, capsys):
     import pytest
 
