@@ -1,0 +1,64 @@
+"""benchmarks/frontier.py: runs what is missing in plan order, skips finished runs (resume), retrains a missing dense
+teacher before a distillation run, times each export, and writes the table, plot and the JSON the frontier issue
+asks for."""
+
+import importlib.util
+import json
+import os
+import sys
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def load_frontier():
+    sys.path.insert(0, BENCHMARKS)
+    spec = importlib.util.spec_from_file_location("frontier", os.path.join(BENCHMARKS, "frontier.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_resumes_measures_and_writes_the_frontier_json(tmp_path, monkeypatch):
+    frontier = load_frontier()
+    out = str(tmp_path / "frontier")
+    os.makedirs(out)
+    monkeypatch.setattr(frontier, "ROOT", str(tmp_path))
+    monkeypatch.setattr(frontier, "PLAN", [
+        (("dense",), ("-",), ("-",), (42, 43)),
+        (("smart", "magnitude"), ("x2",), ("ftkd",), (42, 43)),
+    ])
+    with open(os.path.join(out, "dense_s42.json"), "w") as f:  # finished in an earlier session
+        json.dump({"accuracy": 0.87, "sparsity": 0.0, "export": "outputs/frontier/dense_s42/export"}, f)
+    ran, timed = [], []
+
+    def fake_run(name, argv, out_dir):
+        ran.append(name)
+        if name.startswith("dense"):  # a teacher: its export appears where the next runs read it
+            os.makedirs(tmp_path / argv[1] / "export")
+            (tmp_path / argv[1] / "export" / "config.json").write_text("{}")
+        with open(os.path.join(out_dir, name + ".json"), "w") as f:
+            json.dump({"accuracy": 0.86 if "smart" in name else 0.84, "sparsity": 0.6, "export": f"x/{name}"}, f)
+        return True
+
+    def fake_measure(name, out_dir, rounds=7):
+        timed.append(name)
+        with open(os.path.join(out_dir, name + ".speed.json"), "w") as f:
+            json.dump({"b32": {"speedup": 2.1}, "b1": {"speedup": 1.9}}, f)
+
+    monkeypatch.setattr(frontier, "run_one", fake_run)
+    monkeypatch.setattr(frontier, "measure", fake_measure)
+    frontier.main(["--out", out])
+    # dense_s42's result exists but its export does not (another machine): retrained into a scratch result first
+    assert ran == ["dense_s43", "dense_s42", "smart_x2_ftkd_s42", "magnitude_x2_ftkd_s42", "smart_x2_ftkd_s43",
+                   "magnitude_x2_ftkd_s43"]
+    assert json.load(open(os.path.join(out, "dense_s42.json")))["accuracy"] == 0.87  # the finished result stays
+    assert timed == ["smart_x2_ftkd_s42", "magnitude_x2_ftkd_s42", "smart_x2_ftkd_s43", "magnitude_x2_ftkd_s43"]
+    data = json.load(open(out + ".json"))
+    assert data["dense"]["accuracy"] == [87.0, 84.0]
+    smart = next(r for r in data["rows"] if r["method"] == "smart")
+    assert smart["accuracy"] == [86.0, 86.0] and smart["speedup_b32"] == 2.1 and smart["speedup_b1"] == 1.9
+    assert "--target_speedup 2" in smart["command"] and "--teacher_model_name_or_path" in smart["command"]
+    assert os.path.getsize(out + ".png") > 0 and "| smart |" in open(out + ".md").read()
+    ran.clear()
+    frontier.main(["--out", out])  # everything finished: nothing runs again
+    assert ran == []
