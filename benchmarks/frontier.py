@@ -119,9 +119,8 @@ def measure(name: str, out: str, rounds: int = 7) -> dict:
     """`pdp-hf speed` on this run's export, batch 32 and 1 at seq 128: the export in PyTorch (as stored: the shrunk
     model for the x* runs; with `load_pruned(optimize=True)`: sliced at load for the zero-stored hn* runs) and in ONNX
     Runtime, each against the dense-shaped model in the same runtime, interleaved, on this CPU."""
-    from pdp_hf.speed import measure_load_speeds
-
     from pdp_hf.shrink import MODELING_FILE
+    from pdp_hf.speed import measure_load_speeds
 
     record = load(os.path.join(out, name + ".json"))
     export = os.path.join(ROOT, record["export"])
