@@ -131,6 +131,7 @@ def export_pruned(
             shrunk_to=None if not shrunk or "per_layer" in shrunk else next(iter(shrunk.values())),
             per_layer=_per_layer_text(shrunk["per_layer"]) if shrunk and "per_layer" in shrunk else None,
             onnx=onnx,
+            predicted_speedup=getattr(getattr(model, "config", None), "pdp_predicted_speedup", None),
         )
         card.save(os.path.join(staging, "README.md"))
         _move_into_place(staging, output_dir)

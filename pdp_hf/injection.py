@@ -161,6 +161,8 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
         raise ValueError("This model has no pruning applied (or it was already finalized); nothing to finalize.")
     if not pruner.hardened:
         pruner.harden()
+    if pruner.unit_costs and hasattr(model, "config"):  # the export's config and card say what the budgets predict
+        model.config.pdp_predicted_speedup = round(pruner.predicted_speedup(), 3)
     for group in pruner.groups:
         group.zero_pruned_()  # +0.0, not the -0.0 a multiply gives
         for member in group.members:

@@ -63,6 +63,7 @@ def render_model_card(
     shrunk_to: int | None = None,
     per_layer: str | None = None,
     onnx: bool = False,
+    predicted_speedup: float | None = None,
     pipeline_tag: str | None = None,
 ) -> ModelCard:
     """Render the card. `eval_results` are `huggingface_hub.EvalResult`s and become `model-index` metadata."""
@@ -104,6 +105,7 @@ def render_model_card(
         shrunk_to=shrunk_to,
         per_layer=per_layer,
         onnx=onnx,
+        predicted_speedup=predicted_speedup,
         ort_class=auto_class_for(architectures).replace("AutoModel", "ORTModel", 1),
         auto_class=auto_class_for(architectures),
         load_path=load_path,

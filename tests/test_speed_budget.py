@@ -137,6 +137,7 @@ def test_every_method_and_structured_granularity_reaches_the_target_with_exact_c
     predicted = pruner.predicted_speedup()
     assert predicted >= target and pruner.stats()["predicted_speedup"] == predicted
     finalize_pruning(model)
+    assert model.config.pdp_predicted_speedup == round(predicted, 3)
     sizes = kept_sizes(model)
     for group in pruner.groups:
         layer = int(group.name.split(".")[-1].split(":")[0])
@@ -185,3 +186,18 @@ def test_measured_prices_are_positive_and_calibrated_to_the_floor():
     costs = sb.measure_unit_costs(model, groups, batch=2, seq=8, rounds=2)
     assert set(costs) == {"dense", "head", "neuron"} and all(v > 0 for v in costs.values())
     assert 1 < sb.best_reachable(costs, groups) < float("inf")
+
+
+def test_the_export_card_states_the_target_and_the_predicted_speedup(fixed_prices, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from pdp_hf import export_pruned
+
+    config = PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=1.3)
+    model = apply_pruning(tiny_bert(), config)
+    get_pruner(model).set_total_steps(10)
+    get_pruner(model).step(1)
+    folder = export_pruned(model, str(tmp_path / "export"), shrink=True)
+    text = ModelCard.load(os.path.join(folder, "README.md")).text
+    predicted = round(get_pruner(model).predicted_speedup(), 3)
+    assert f"| target speedup | 1.3x, budgets predict {predicted}x" in text
