@@ -179,7 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .compressed import check_model_folder
+
     args = build_parser().parse_args(argv)
+    folder = getattr(args, "path", None) or getattr(args, "checkpoint", None)
+    try:
+        check_model_folder(folder)  # one line and exit code 2, not a Hub request and a traceback
+    except FileNotFoundError as err:
+        print(f"pdp-hf {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -65,6 +65,21 @@ def save_compressed(model: nn.Module, directory: str, sparse_modules: list[str])
     return path
 
 
+def check_model_folder(directory) -> None:
+    """A local path that is missing, or a folder without `config.json`, is refused here with its name, instead of
+    ending in a Hub request for it. Anything else (a Hub id such as "org/model") is left to `from_pretrained`."""
+    path = os.fspath(directory)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{path} is a folder without config.json: not a model export or checkpoint. Give "
+                                    "the folder that export_pruned (or a Trainer checkpoint) wrote.")
+        return
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path) or path.count("/") != 1
+    if looks_local:
+        raise FileNotFoundError(f"{path} does not exist{' (it is a file, not a folder)' if os.path.isfile(path) else ''}; "
+                                "give the folder of an export or checkpoint, or a Hub id 'org/name'.")
+
+
 def load_pruned(directory: str, model_class=None, optimize: bool | str = False, **kwargs) -> nn.Module:
     """Load an export: a compressed folder is rebuilt bit-exactly; a plain one goes through `from_pretrained`.
 
@@ -84,6 +99,7 @@ def load_pruned(directory: str, model_class=None, optimize: bool | str = False, 
     import transformers
     from transformers import AutoConfig, AutoModel
 
+    check_model_folder(directory)
     config = AutoConfig.from_pretrained(directory)
     if model_class is None:
         arch = (getattr(config, "architectures", None) or [None])[0]

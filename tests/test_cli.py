@@ -176,3 +176,21 @@ def test_speed_refuses_bad_flags_in_one_line_with_exit_code_2(tmp_path, capsys):
         assert exit_info.value.code == 2 and says in capsys.readouterr().err
     assert main(["speed", folder, "--seq", "1000"]) == 2  # tiny_bert has 32 positions
     assert "--seq 1000 is longer than this model's 32 positions" in capsys.readouterr().err
+
+
+def test_a_missing_path_or_a_folder_without_a_model_is_one_line_and_exit_code_2(tmp_path, capsys):
+    import pytest
+
+    from pdp_hf import load_pruned
+
+    (tmp_path / "empty").mkdir()
+    for command in ("report", "speed"):
+        for path, says in ((tmp_path / "missing", "does not exist"), (tmp_path / "empty", "folder without config.json")):
+            assert main([command, str(path)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and says in err and str(path) in err and "Traceback" not in err
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    with pytest.raises(FileNotFoundError, match="folder without config.json"):
+        load_pruned(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pruned("./no-such-export")
