@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from .atomic import atomic_write
 from .config import RUNTIME_FIELDS, PDPConfig
 from .scores import SCORES_ATTR, PruningScores
 
@@ -42,7 +43,8 @@ def save_state(pruner, directory: str) -> None:
         "unit_costs": json.dumps(pruner.unit_costs),
     }
     os.makedirs(directory, exist_ok=True)
-    save_file(tensors, os.path.join(directory, STATE_NAME), metadata=metadata)
+    # never rewritten in place: a save that dies midway leaves the previous state readable
+    atomic_write(os.path.join(directory, STATE_NAME), lambda tmp: save_file(tensors, tmp, metadata=metadata))
     pruner.config.save_pretrained(directory)
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_write
+
 COMPRESSED_WEIGHTS_NAME = "model.pdp-compressed.safetensors"
 _MASK, _VALUES = ".__pdp_bitmask", ".__pdp_values"
 
@@ -59,7 +61,7 @@ def save_compressed(model: nn.Module, directory: str, sparse_modules: list[str])
         state[key] = tensor
     tensors, metadata = compress_state_dict(state, [f"{m}.weight" for m in sparse_modules])
     path = os.path.join(directory, COMPRESSED_WEIGHTS_NAME)
-    save_file(tensors, path, metadata=metadata)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(directory)
     return path

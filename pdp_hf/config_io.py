@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+from .atomic import atomic_write_text
+
 PRUNING_CONFIG_NAME = "pruning_config.json"
 VERSION_KEY = "pdp_hf_version"
 
@@ -28,8 +30,7 @@ class ConfigIO:
         """Write `pruning_config.json` (sorted, indented, with the pdp_hf version) and return its path."""
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, PRUNING_CONFIG_NAME)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+        atomic_write_text(path, self.to_json_string())
         return path
 
     @classmethod

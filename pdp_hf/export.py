@@ -10,6 +10,7 @@ import tempfile
 
 from torch import nn
 
+from .atomic import atomic_write_text
 from .compressed import save_compressed
 from .config import PDPConfig
 from .injection import _unwrap, finalize_pruning, get_pruner
@@ -116,8 +117,7 @@ def export_pruned(
             tokenizer.save_pretrained(staging)
         if pdp_config is not None:
             pdp_config.save_pretrained(staging)
-        with open(os.path.join(staging, REPORT_NAME), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        atomic_write_text(os.path.join(staging, REPORT_NAME), json.dumps(report, indent=2))
         card = render_model_card(
             config=pdp_config,
             report=report,

@@ -11,6 +11,7 @@ Where this sits in the data path (targets, units, methods, schedule, pruner, exp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -108,6 +109,7 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     """
     if not isinstance(config, PDPConfig):
         raise TypeError(f"apply_pruning needs a PDPConfig, got {type(config).__name__}.")
+    dataclasses.replace(config)  # validated again: a dataclass can be changed after construction (c.target_sparsity = 1)
     if get_pruner(model) is not None:
         raise ValueError("Pruning is already applied to this model; call finalize_pruning(model) first.")
     names = find_targets(model, config.target_modules)

@@ -15,6 +15,7 @@ import os
 import torch
 from torch import nn
 
+from .atomic import atomic_write_text
 from .inference import _FFN_SIZE_ATTRS, shrink_neurons_for_config
 from .layers import head_count, role_map
 from .slicing import _keep_at_least_one, removable_heads, removable_neurons, slice_structure
@@ -114,8 +115,7 @@ def write_modeling_file(model: nn.Module, directory: str) -> str:
              f"class PDPShrunk{base}(PDPShrunkMixin, {base}):\n"
              f'    """{base} with the per-layer sizes of config.pdp_shrunk."""\n')
     path = os.path.join(directory, MODELING_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(code)
+    atomic_write_text(path, code)
     return path
 
 

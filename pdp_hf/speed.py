@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from .atomic import atomic_write_text
+
 CARD_SECTION = "## Measured speed"
 
 
@@ -169,6 +171,5 @@ def update_card(directory: str, text: str) -> str:
     section = f"{CARD_SECTION}\n\n{text}\n"
     pattern = re.compile(rf"^{re.escape(CARD_SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
     card = pattern.sub(lambda _: section + "\n", card) if pattern.search(card) else card.rstrip("\n") + "\n\n" + section
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(card)
+    atomic_write_text(path, card)
     return path

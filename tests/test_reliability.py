@@ -1,5 +1,7 @@
 """Bad input and numerical trouble: each case fails with a clear error that names what is wrong."""
 
+import os
+
 import pytest
 import torch
 
@@ -178,3 +180,43 @@ def test_target_zero_keeps_plain_linear_layers(make_args):
     assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
     trainer.train()
     assert sparsity_report(model)["total"]["zeros"] == 0
+
+
+def test_a_state_save_that_dies_midway_leaves_the_previous_state_readable(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from pdp_hf import PDPConfig, apply_pruning, get_pruner
+
+    config = PDPConfig(target_sparsity=0.5, pruning_start=2, pruning_end=4, harden_at=6)
+    pruner = get_pruner(apply_pruning(tiny_bert(), config))
+    pruner.set_total_steps(10)
+    pruner.step(3)
+    pruner.save_state(str(tmp_path))  # a good checkpoint mid-ramp
+
+    def dies_midway(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise KeyboardInterrupt  # the process is stopped while writing
+
+    pruner.step(6)  # hardened: the next save would write masks
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        pruner.save_state(str(tmp_path))
+    monkeypatch.undo()
+    resumed = get_pruner(apply_pruning(tiny_bert(), config))
+    resumed.load_state(str(tmp_path))  # the previous state, whole
+    assert not resumed.hardened and resumed.budgets == {g.name: g.num_units // 2 for g in resumed.groups}
+    assert sorted(os.listdir(tmp_path)) == ["pruning_config.json", "pruning_state.safetensors"]  # no temporary left
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("target_sparsity", 1.0, "target_sparsity=1.0 is invalid"),
+    ("target_sparsity", 1.5, "target_sparsity=1.5 is invalid"),
+    ("method", "pdq", "method='pdq' is invalid"),
+    ("granularity", "attention=neuron", "'neuron' units do not exist in the attention layers"),
+])
+def test_a_config_changed_after_construction_is_validated_again(field, value, says):
+    config = PDPConfig(target_sparsity=0.5)
+    setattr(config, field, value)  # dataclasses are mutable
+    with pytest.raises(ValueError, match=says):
+        apply_pruning(tiny_bert(), config)
