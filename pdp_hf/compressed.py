@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, recover_folder
 
 COMPRESSED_WEIGHTS_NAME = "model.pdp-compressed.safetensors"
 _MASK, _VALUES = ".__pdp_bitmask", ".__pdp_values"
@@ -71,6 +71,7 @@ def check_model_folder(directory) -> None:
     """A local path that is missing, or a folder without `config.json`, is refused here with its name, instead of
     ending in a Hub request for it. Anything else (a Hub id such as "org/model") is left to `from_pretrained`."""
     path = os.fspath(directory)
+    recover_folder(path)  # an export over this one that was interrupted: the previous export back at its path
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"{path} is a folder without config.json: not a model export or checkpoint. Give "

@@ -10,7 +10,7 @@ import tempfile
 
 from torch import nn
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, recover_folder, replace_folder
 from .compressed import save_compressed
 from .config import PDPConfig
 from .injection import _unwrap, finalize_pruning, get_pruner
@@ -31,17 +31,6 @@ def _check_destination(output_dir: str, overwrite: bool) -> None:
         raise FileExistsError(
             f"Export destination {output_dir} is not empty. Pass overwrite=True to replace it, or choose another folder."
         )
-
-
-def _move_into_place(staging: str, output_dir: str) -> None:
-    """Swap the finished staging folder in; a previous export stays intact until the new one is complete."""
-    if os.path.isdir(output_dir):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(output_dir))
-        os.rename(output_dir, os.path.join(old, "export"))
-        os.rename(staging, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, output_dir)
 
 
 def export_pruned(
@@ -85,6 +74,7 @@ def export_pruned(
     ```
     """
     output_dir = os.path.abspath(output_dir)
+    recover_folder(output_dir)  # an earlier export over this one that was interrupted
     _check_destination(output_dir, overwrite)
     model = _unwrap(model)
     pruner = get_pruner(model)
@@ -134,7 +124,7 @@ def export_pruned(
             predicted_speedup=getattr(getattr(model, "config", None), "pdp_predicted_speedup", None),
         )
         card.save(os.path.join(staging, "README.md"))
-        _move_into_place(staging, output_dir)
+        replace_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

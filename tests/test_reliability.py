@@ -220,3 +220,43 @@ def test_a_config_changed_after_construction_is_validated_again(field, value, sa
     setattr(config, field, value)  # dataclasses are mutable
     with pytest.raises(ValueError, match=says):
         apply_pruning(tiny_bert(), config)
+
+
+def _export_twice_interrupted(tmp_path, monkeypatch, exchange_works: bool):
+    """Export A, then export B over it with the process stopped right after the new folder is in place or, without
+    an atomic exchange, between moving A aside and moving B in."""
+    import pdp_hf.atomic as atomic
+    from pdp_hf import export_pruned, load_pruned
+
+    path = str(tmp_path / "export")
+    first = tiny_bert(seed=1).eval()
+    export_pruned(first, path)
+    if not exchange_works:
+        monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def stop_before_the_new_folder_arrives(src, dst):
+        if dst == path:
+            raise KeyboardInterrupt("stopped")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", stop_before_the_new_folder_arrives)
+    if exchange_works:
+        export_pruned(tiny_bert(seed=2), path, overwrite=True)  # the exchange itself never calls os.rename
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            export_pruned(tiny_bert(seed=2), path, overwrite=True)
+    monkeypatch.undo()
+    return first, load_pruned(path), path
+
+
+def test_an_export_over_an_old_one_is_an_atomic_exchange_where_the_os_has_one(tmp_path, monkeypatch):
+    first, loaded, _ = _export_twice_interrupted(tmp_path, monkeypatch, exchange_works=True)
+    assert not torch.equal(loaded.classifier.weight, first.classifier.weight)  # the new export, complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_an_interrupted_swap_is_completed_by_the_next_call_and_the_old_export_survives(tmp_path, monkeypatch):
+    first, loaded, path = _export_twice_interrupted(tmp_path, monkeypatch, exchange_works=False)
+    torch.testing.assert_close(loaded.classifier.weight, first.classifier.weight, rtol=0, atol=0)  # the old one, back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
