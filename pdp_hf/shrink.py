@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_text
+from .dummy_inputs import dummy_inputs
 from .inference import _FFN_SIZE_ATTRS, shrink_neurons_for_config
 from .layers import head_count, role_map
 from .slicing import _keep_at_least_one, removable_heads, removable_neurons, slice_structure
@@ -125,21 +126,11 @@ def shrunk_class(config, model_class: type) -> type:
     return type(f"PDPShrunk{model_class.__name__}", (mixin, model_class), {})
 
 
-def _example_inputs(model: nn.Module, batch: int = 2, seq: int = 16) -> dict[str, torch.Tensor]:
-    config = model.config
-    device = next(model.parameters()).device
-    if getattr(config, "model_type", None) in ("vit", "deit", "dinov2") or not getattr(config, "vocab_size", None):
-        size = config.image_size
-        return {"pixel_values": torch.randn(batch, config.num_channels, size, size, device=device)}
-    ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
 @torch.no_grad()
 def export_onnx(model: nn.Module, path: str, opset: int = 17) -> str:
     """Write `model` to ONNX at `path` with dynamic batch (and sequence) axes, through `torch.onnx.export`'s
     TorchScript exporter, which needs no extra package. Outputs: `logits`."""
-    inputs = _example_inputs(model)
+    inputs = dummy_inputs(model.config, 2, 16, next(model.parameters()).device)
     axes = {name: ({0: "batch_size", 1: "sequence_length"} if value.dim() == 2 else {0: "batch_size"})
             for name, value in inputs.items()}
     axes["logits"] = {0: "batch_size"}

@@ -14,16 +14,9 @@ import time
 import torch
 
 from .atomic import atomic_write_text
+from .dummy_inputs import dummy_inputs
 
 CARD_SECTION = "## Measured speed"
-
-
-def _inputs(config, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    if getattr(config, "vocab_size", None):
-        ids = torch.randint(0, config.vocab_size, (batch, seq))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    size = config.image_size
-    return {"pixel_values": torch.randn(batch, config.num_channels, size, size)}
 
 
 @torch.no_grad()
@@ -120,7 +113,7 @@ def measure_load_speeds(directory: str, batches=(1, 32), seq: int = 128, rounds:
     with tempfile.TemporaryDirectory() as scratch:
         sessions = _onnx_ways(directory, models["pytorch dense"], scratch)
         for batch in batches:
-            inputs = _inputs(stored.config, batch, seq)
+            inputs = dummy_inputs(stored.config, batch, seq)
             runners = {way: (lambda m=model, x=inputs: m(**x).logits) for way, model in models.items()}
             runners.update({way: _ort_runner(session, inputs) for way, session in sessions.items()})
             with torch.inference_mode():

@@ -29,23 +29,12 @@ import time
 import torch
 from torch import nn
 
+from .dummy_inputs import dummy_inputs
 from .slicing import slice_structure
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("head", "neuron")
-
-
-def _inputs(model: nn.Module, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    config = model.config
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(0)
-    if getattr(config, "vocab_size", None):
-        seq = min(seq, getattr(config, "max_position_embeddings", seq) or seq)
-        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator).to(device)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    size = config.image_size
-    return {"pixel_values": torch.randn(batch, config.num_channels, size, size, generator=generator).to(device)}
 
 
 def _median_forward_seconds(model: nn.Module, inputs: dict, rounds: int) -> float:
@@ -94,7 +83,8 @@ def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: i
     was_training = model.training
     model.eval()
     try:
-        inputs = _inputs(model, batch, seq)
+        seq = min(seq, getattr(model.config, "max_position_embeddings", None) or seq)
+        inputs = dummy_inputs(model.config, batch, seq, next(model.parameters()).device, seed=0)
         variants = {"dense": (model, 0)}
         for kind in kinds:
             copied = copy.deepcopy(model)

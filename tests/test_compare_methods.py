@@ -11,12 +11,20 @@ import sys
 from tests.test_demo import SCRIPTS, load_demo
 
 
-def load_grid():
-    spec = importlib.util.spec_from_file_location("compare_methods", os.path.join(SCRIPTS, "..", "benchmarks", "compare_methods.py"))
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (registered, so that its own imports of sibling scripts find it)."""
+    folder = os.path.join(SCRIPTS, "..", "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
-    sys.modules["compare_methods"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_grid():
+    return load_benchmark("compare_methods")
 
 
 def test_grid_runs_what_is_missing_in_priority_order_and_tables_what_finished(tmp_path, monkeypatch):

@@ -2,20 +2,14 @@
 teacher before a distillation run, times each export, and writes the table, plot and the JSON the frontier issue
 asks for."""
 
-import importlib.util
 import json
 import os
-import sys
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+from tests.test_compare_methods import load_benchmark
 
 
 def load_frontier():
-    sys.path.insert(0, BENCHMARKS)
-    spec = importlib.util.spec_from_file_location("frontier", os.path.join(BENCHMARKS, "frontier.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("frontier")
 
 
 def test_grid_resumes_measures_and_writes_the_frontier_json(tmp_path, monkeypatch):
