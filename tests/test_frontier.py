@@ -56,3 +56,13 @@ def test_grid_resumes_measures_and_writes_the_frontier_json(tmp_path, monkeypatc
     ran.clear()
     frontier.main(["--out", out])  # everything finished: nothing runs again
     assert ran == []
+
+
+def test_long_recipe_distils_from_the_teacher_over_three_times_the_steps():
+    frontier = load_frontier()
+    argv = frontier.demo_argv("smart", "x2", "ftkd3x", 43)
+    flag = dict(zip(argv[::1], argv[1:]))
+    assert flag["--teacher_model_name_or_path"] == flag["--model_name_or_path"] == "outputs/frontier/dense_s43/export"
+    assert flag["--max_steps"] == "1800" and flag["--train_samples"] == "57600" and flag["--warmup_steps"] == "90"
+    assert "--max_steps" not in frontier.demo_argv("smart", "x2", "ftkd", 43)  # the 600-step recipe stays as it was
+    assert frontier.run_name("smart", "x2", "ftkd3x", 42) in frontier.runs()
