@@ -21,6 +21,7 @@ from torch import nn
 from .attached import PRUNER_ATTR, _unwrap, get_pruner
 from .checkpoint import STATE_NAME
 from .config import PDPConfig
+from .fused import after_forward, before_forward
 from .methods import MaskMethod, get_method
 from .pruner import Pruner, global_budgets
 from .scores import SCORES_ATTR, PruningScores
@@ -46,6 +47,11 @@ class PrunedLinear(nn.Linear):
     def pruned_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         # `self`, not `member.module`: under nn.DataParallel a replica runs with its own copies of the weights.
         group, member = self.pdp_group, self.pdp_member
+        fused = group._fused  # this forward's masked weights of the whole model at once (pdp_hf.fused)
+        if fused is not None and self.training and self is member.module and member.name in fused:
+            weight, bias, version = fused[member.name]
+            if version == self.weight._version:
+                return self._tie_score(weight, bias)
         if group.hard_mask is not None:
             if group.keeps_zeros:  # zeros in place, gradients masked: no pass over the weight in forward
                 return self._tie_score(*group.zeros_kept(member, self))
@@ -138,6 +144,8 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     if len(modules) < len(names):
         logger.info("pdp_hf: granularity %r leaves %d default targets dense.", config.granularity, len(names) - len(modules))
     setattr(model, PRUNER_ATTR, Pruner(config, modules, groups, method, unit_costs=costs))
+    model.register_forward_pre_hook(before_forward)  # the whole model's masks in a few operators (pdp_hf.fused)
+    model.register_forward_hook(after_forward)
     target = f"target speedup {config.target_speedup}" if costs else f"target sparsity {config.target_sparsity}"
     logger.info("pdp_hf: %s masks (%s) on %d Linear layers in %d unit groups (%s).", config.method, config.granularity,
                 len(modules), len(groups), target)
@@ -178,5 +186,8 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
         pruner._score_grad_hook = None
     if isinstance(getattr(model, SCORES_ATTR, None), PruningScores):
         delattr(model, SCORES_ATTR)  # the learned scores leave no trace in the model or its exports
+    for hooks, hook in ((model._forward_pre_hooks, before_forward), (model._forward_hooks, after_forward)):
+        for key in [k for k, fn in hooks.items() if fn is hook]:
+            del hooks[key]
     delattr(model, PRUNER_ATTR)
     return model

@@ -54,10 +54,11 @@ class Pruner:
         self.optimizer = None  # set_optimizer: whose per-weight state is zeroed with the pruned weights at hardening
         self._score_grad_hook = None  # set_optimizer: the method's gradient fix-up runs before each optimizer step
         self._warned_no_optimizer = False
+        self._fused_keeps: dict[tuple, torch.Tensor] = {}  # stacked hardened keep masks per shape class
 
     def __getstate__(self) -> dict:
         # deepcopy / pickle of a model copies its pruner, never the training loop's optimizer
-        return {**self.__dict__, "optimizer": None, "_score_grad_hook": None}
+        return {**self.__dict__, "optimizer": None, "_score_grad_hook": None, "_fused_keeps": {}}
 
     # -- schedule -------------------------------------------------------------------------------------------------
     def set_total_steps(self, total_steps: int) -> None:
@@ -79,7 +80,7 @@ class Pruner:
         if self.hardened:
             return
         for group in self.groups:  # a value cached by an interrupted forward must not outlive a mask change
-            group._forward_cache = None
+            group._forward_cache = group._fused = None
         fresh = step >= schedule.start and self.budgets is None
         if fresh:
             self.budgets = self.compute_budgets()
@@ -96,13 +97,15 @@ class Pruner:
             self.check_finite(f"optimizer step {step}")
             if self.budgets is not None and not fresh and self.config.sparsity_distribution == "learned":
                 self.budgets = self.compute_budgets()  # the learned scores re-rank the layers (saved with checkpoints)
+        updates = []
         for group in self.groups:
             zeros = zeros_at(frac, self.budgets[group.name]) if self.budgets else 0
             group.zeros = zeros
             if zeros or self.method.masks_before_pruning:
                 # a method that masks while nothing is pruned must hear of a budget that fell to 0 (the learned
                 # distribution re-ranks layers), or its last mask would go on pruning that layer in training
-                self.method.update(group, zeros, exact)
+                updates.append((group, zeros))
+        self.method.update_many(updates, exact)
         pruning = [g for g in self.groups if g.zeros]
         if pruning:
             self.method.end_update(pruning)
@@ -274,8 +277,9 @@ class Pruner:
         self.check_finite("hardening")
         if self.budgets is None or self.config.sparsity_distribution == "learned":
             self.budgets = self.compute_budgets()  # learned: the final ranking of the scores, exact
+        self._fused_keeps = {}
         for group in self.groups:
-            group._forward_cache = None
+            group._forward_cache = group._fused = None
             group.zeros = self.budgets[group.name]
             group.hard_mask = self.method.hard_mask(group, group.zeros)
             self.method.remove_group(group)

@@ -72,10 +72,12 @@ class UnitGroup:
     score: nn.Parameter | None = None  # learnable unit scores (methods with learnable_scores), shape unit_shape
     _forward_cache: tuple | None = field(default=None, repr=False, compare=False)
     _keep_factors: dict | None = field(default=None, repr=False, compare=False)
+    # member name -> (weight, bias, weight version) of this training forward, from `Pruner.fuse_masks`
+    _fused: dict | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
         # deepcopy / pickle: a value shared within one forward pass (with its autograd graph) is never copied
-        return {**self.__dict__, "_forward_cache": None, "_keep_factors": None}
+        return {**self.__dict__, "_forward_cache": None, "_keep_factors": None, "_fused": None}
 
     def once_per_forward(self, compute) -> torch.Tensor:
         """`compute()` once for the consecutive forward calls of the group's members (a neuron mask is used by

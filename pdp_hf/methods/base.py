@@ -125,6 +125,21 @@ class MaskMethod:
         only while the group prunes units, or at every step (`zeros` 0 too) for methods with `masks_before_pruning`."""
         raise NotImplementedError
 
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+        """`update(group, zeros, exact)` for every (group, zeros) of one optimizer step; methods override it to
+        select the thresholds of same-shape matrices at once (`pdp_hf.fused`), with the same values."""
+        for group, zeros in items:
+            self.update(group, zeros, exact)
+
+    def fuses(self, group: UnitGroup) -> bool:
+        """Whether `train_weights` computes this group's training masks (with others of its shape) at once."""
+        return False
+
+    def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
+        """The training-forward weights of same-shape single-matrix groups the method `fuses`, in a constant number
+        of operators; the same values and gradients as `train_weight` group by group."""
+        raise NotImplementedError
+
     def end_update(self, groups: list[UnitGroup]) -> None:
         """Called once per optimizer step after every `update`, with the groups that prune units now (state shared
         across groups, e.g. one lambda per pool)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..fused import broadcast_shape, restack, select_pairs, shape_classes, stack_detached
 from ..kernels import KERNELS
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier, multiplier_dtype
@@ -53,6 +54,33 @@ class MagnitudeMethod(MaskMethod):
             cut, _ = select(scores.reshape(-1), zeros)
             keep = scores > cut
         group.state["keep"] = multiplier(keep, group.weight.dtype)
+
+    @torch.no_grad()
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+        # Unstructured matrices of one shape: every cut from one selection, every mask from one pass (pdp_hf.fused).
+        batched, single = [], []
+        for group, zeros in items:
+            (batched if group.kind == "unstructured" and 0 < zeros < group.num_units else single).append((group, zeros))
+        for same_shape in shape_classes(batched, lambda item: item[0].weight):
+            stacked = stack_detached([g for g, _ in same_shape]) if len(same_shape) > 1 else None
+            pairs = None if stacked is None else select_pairs(stacked, [z for _, z in same_shape], exact)
+            if pairs is None:
+                single.extend(same_shape)
+                continue
+            dtype = multiplier_dtype(stacked.dtype)
+            keep = KERNELS.keep_above(stacked, pairs[0].view(broadcast_shape(stacked)), dtype, self.mask_kernel)
+            for group, group_keep in zip((g for g, _ in same_shape), keep.unbind(0)):
+                group.state["keep"] = group_keep
+        for group, zeros in single:
+            self.update(group, zeros, exact)
+
+    def fuses(self, group: UnitGroup) -> bool:
+        return group.kind == "unstructured"
+
+    def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
+        stacked = torch.stack([g.weight for g in groups])
+        masked = stacked * restack([g.state["keep"] for g in groups])
+        return list((masked if masked.dtype == stacked.dtype else masked.to(stacked.dtype)).unbind(0))
 
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         return group.masked(group.state["keep"], member, module)

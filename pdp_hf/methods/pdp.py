@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..fused import FusedPDPMask, restack, select_pairs, shape_classes, stack_detached
 from ..kernels import KERNELS
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup
@@ -139,6 +140,36 @@ class PDPMethod(MaskMethod):
             group.state["tau"] = relative_tau(t, self.temperature)
         else:
             group.state["tau"] = torch.full((), self.temperature, device=t.device)
+
+    @torch.no_grad()
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+        # Unstructured matrices of one shape: every threshold from one selection along the rows (pdp_hf.fused).
+        batched, single = [], []
+        for group, zeros in items:
+            (batched if group.kind == "unstructured" and 0 < zeros < group.num_units else single).append((group, zeros))
+        for same_shape in shape_classes(batched, lambda item: item[0].weight):
+            pairs = None if len(same_shape) < 2 else select_pairs(
+                stack_detached([g for g, _ in same_shape]), [z for _, z in same_shape], exact)
+            if pairs is None:
+                single.extend(same_shape)
+                continue
+            t = 0.5 * (pairs[0] + pairs[1])
+            tau = relative_tau(t, self.temperature) if self.temperature_mode == "relative" else torch.full_like(
+                t, self.temperature)
+            for i, (group, _) in enumerate(same_shape):
+                group.state["threshold"], group.state["tau"] = t[i], tau[i]
+        for group, zeros in single:
+            self.update(group, zeros, exact)
+
+    def fuses(self, group: UnitGroup) -> bool:
+        return group.kind == "unstructured"
+
+    def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
+        weights = [g.weight for g in groups]
+        with torch.autocast(device_type=weights[0].device.type, enabled=False):
+            t2 = restack([g.state["threshold"] for g in groups]).square()
+            tau = restack([g.state["tau"] for g in groups])
+            return list(FusedPDPMask.apply(t2, tau, self.mask_kernel, *weights))
 
     def soft_mask(self, group: UnitGroup) -> torch.Tensor:
         """Unit-level soft mask in float32 (differentiable through the unit norms)."""

@@ -1,0 +1,249 @@
+"""The masks of a whole model in a constant number of operators per training step, whatever its depth.
+
+Each method works per matrix; on a GPU each of its operators is a kernel launch, and a step that masks 72 matrices of
+BERT-base one by one waits on launches, not on arithmetic. Here the targeted matrices of one shape, dtype and device
+(a *shape class*: BERT's attention matrices, its FFN-in and its FFN-out matrices) are stacked and handled as one
+tensor: the thresholds of all of them from one selection along the rows, their soft masks from one kernel in forward
+and one in backward, the hardened gradient masks from one multiply. The number of classes depends on the
+architecture, not on the number of layers.
+
+How a step runs:
+- `Pruner.step` calls `MaskMethod.update_many`, which methods override to select the thresholds of a class at once
+  (`kth_pairs`, `select_pairs`; the same values as the per-matrix selection, so results stay bit-identical);
+- a forward pre-hook on the model (`before_forward`) computes every fused masked weight of the step before the
+  first layer runs, outside any layer (so no checkpointed region and no replica sees it), and hangs each on its
+  group; `PrunedLinear` takes its own; a forward hook (`after_forward`) drops them, so only autograd holds them;
+- gradient checkpointing, `nn.DataParallel` replicas, a forward under `torch.compile`, eval mode and no-grad
+  forwards keep the per-matrix path: same values, more operators.
+
+A fused backward runs once every masked weight's gradient exists, at the end of the model's backward; under DDP the
+targeted weights' gradients are therefore all-reduced together at the end instead of overlapping the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kernels import KERNELS
+from .selection import SAMPLE_SIZE, _sample_index
+
+
+def class_key(tensor: torch.Tensor) -> tuple:
+    return tuple(tensor.shape), tensor.dtype, tensor.device
+
+
+def shape_classes(items: list, tensor_of) -> list[list]:
+    """`items` split by the (shape, dtype, device) of `tensor_of(item)`, each class in the items' order."""
+    classes: dict[tuple, list] = {}
+    for item in items:
+        classes.setdefault(class_key(tensor_of(item)), []).append(item)
+    return list(classes.values())
+
+
+def restack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack(tensors)`, or without a copy the tensor they were unbound from (the common case: per-group
+    state set from one class-wide tensor by `update_many`)."""
+    first = tensors[0]
+    base = first._base
+    if (base is not None and base.dim() == first.dim() + 1 and base.shape[0] == len(tensors)
+            and base.shape[1:] == first.shape and base.is_contiguous()):
+        step = base.stride(0)
+        if all(t._base is base and t.shape == first.shape and t.is_contiguous()
+               and t.storage_offset() == base.storage_offset() + i * step for i, t in enumerate(tensors)):
+            return base
+    return torch.stack(tensors)
+
+
+def kth_pairs(rows: torch.Tensor, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k-th and (k+1)-th smallest entry of each row of `rows` (M, n), with `ks[i]` (1-based, < n) for row i:
+    the values `pdp_hf.selection._direct` gives row by row, NaN rules included.
+
+    >>> [v.tolist() for v in kth_pairs(torch.tensor([[0.5, 0.125, 0.375, 0.25], [3.0, 1.0, 2.0, 2.0]]), [2, 2])]
+    [[0.25, 2.0], [0.375, 2.0]]
+    """
+    if all(k == ks[0] for k in ks):
+        kth = torch.kthvalue(rows, ks[0], dim=1, keepdim=True).values
+        k = ks[0]
+    else:  # one sort serves rows of different ranks
+        k = torch.tensor(ks, device=rows.device).view(-1, 1)
+        kth = torch.sort(rows, dim=1).values.gather(1, k - 1)
+    above = torch.where((rows > kth) | rows.isnan(), rows, float("inf")).amin(dim=1, keepdim=True)
+    second = torch.where((rows <= kth).sum(dim=1, keepdim=True) > k, kth, above)
+    return kth.view(-1), second.view(-1)
+
+
+def stack_detached(groups: list) -> torch.Tensor:
+    """The weights of same-shape single-matrix groups as one detached stack (M, rows, cols)."""
+    return torch.stack([g.weight.detach() for g in groups])
+
+
+@torch.no_grad()
+def select_pairs(stacked: torch.Tensor, ks: list[int], exact: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For a stack of same-shape matrices: the k-th and (k+1)-th smallest |w| of each (`ks[i]` in [1, n - 1]), as
+    `kth_smallest_pair` (exact) or `sampled_kth_pair(absolute=True)` (not exact) give them matrix by matrix; None
+    where only the per-matrix bracketed selection is exact (an exact refresh of a matrix over 4 x 65,536 entries)."""
+    rows = stacked.view(stacked.shape[0], -1)
+    n = rows.shape[1]
+    small = n <= 4 * SAMPLE_SIZE
+    if exact and not small:
+        return None
+    if small:  # both selections are the direct one on |w| in float32
+        return kth_pairs(_abs_float(rows), ks)
+    sample = _abs_float(rows.index_select(1, _sample_index(n, rows.device)))
+    ranks = [min(SAMPLE_SIZE - 1, max(1, round(k / n * SAMPLE_SIZE))) for k in ks]
+    return kth_pairs(sample, ranks)
+
+
+def _abs_float(values: torch.Tensor) -> torch.Tensor:
+    values = values.abs()
+    return values if values.dtype == torch.float32 else values.float()
+
+
+def broadcast_shape(stacked: torch.Tensor) -> tuple[int, ...]:
+    """Shape of a per-matrix vector that broadcasts over a stack of matrices."""
+    return (stacked.shape[0],) + (1,) * (stacked.dim() - 1)
+
+
+def stack_gradients(grads: tuple, like: list[torch.Tensor]) -> torch.Tensor:
+    """The incoming gradients of a fused function's outputs as one stack (zeros for outputs the loss did not use)."""
+    return torch.stack([torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)])
+
+
+class FusedPDPMask(torch.autograd.Function):
+    """PDP's masked weights w * sigmoid((w^2 - t^2)/tau) of same-shape matrices (one t, tau per matrix), as one
+    stack: the same kernels and values as `pdp_hf.methods.pdp._PDPMaskedWeight` matrix by matrix. Saves only the
+    weights themselves (no stacked copy is held between forward and backward: backward stacks them again)."""
+
+    @staticmethod
+    def forward(ctx, t2, tau, kernel, *weights):
+        ctx.save_for_backward(t2, tau, *weights)
+        ctx.kernel = kernel
+        stacked = torch.stack(weights)
+        shape = broadcast_shape(stacked)
+        return KERNELS.forward(stacked, t2.view(shape), tau.view(shape), kernel).unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        t2, tau, *weights = ctx.saved_tensors
+        stacked = torch.stack(weights)
+        shape = broadcast_shape(stacked)
+        grad = KERNELS.backward(stacked, stack_gradients(grads, weights), t2.view(shape), tau.view(shape), ctx.kernel)
+        return (None, None, None, *grad.unbind(0))
+
+
+class MaskGradients(torch.autograd.Function):
+    """Identity in forward for many tensors; in backward each class's gradients times its stacked 0/1 keep mask,
+    one multiply per shape class: the hardened masks of `UnitGroup.zeros_kept` for the whole model at once."""
+
+    @staticmethod
+    def forward(ctx, keeps, sizes, *tensors):
+        ctx.keeps, ctx.sizes = keeps, sizes
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        out, start = [], 0
+        for keep, size in zip(ctx.keeps, ctx.sizes):
+            part = grads[start : start + size]
+            stacked = stack_gradients(part, [keep[0]] * size) if any(g is None for g in part) else torch.stack(part)
+            out.extend((stacked * keep).to(stacked.dtype).unbind(0))
+            start += size
+        return (None, None, *out)
+
+
+def owns(pruner, model: torch.nn.Module) -> bool:
+    """Whether `model` runs this pruner's own modules (not an nn.DataParallel replica of them)."""
+    if not pruner.modules:
+        return False
+    name, module = next(iter(pruner.modules.items()))
+    try:
+        return model.get_submodule(name) is module
+    except AttributeError:
+        return False
+
+
+def fuse_masks(pruner) -> None:
+    """The masked weights of this training forward for every group the method fuses (same-shape matrices at
+    once) and every hardened group (one gradient mask per shape class), hung on the groups for `PrunedLinear`."""
+    soft, hardened = [], []
+    for group in pruner.groups:
+        group._fused = None
+        if group.hard_mask is not None:
+            if group.keeps_zeros:
+                hardened.append(group)
+        elif (group.zeros or pruner.method.masks_before_pruning) and pruner.method.fuses(group):
+            soft.append(group)
+    for same_shape in shape_classes(soft, lambda g: g.weight):
+        if len(same_shape) < 2:
+            continue  # the per-matrix path is as cheap
+        for group, weight in zip(same_shape, pruner.method.train_weights(same_shape)):
+            member = group.members[0]
+            group._fused = {member.name: (weight, member.module.bias, member.module.weight._version)}
+    if hardened:
+        _fuse_hardened(pruner, hardened)
+
+
+def _fuse_hardened(pruner, groups: list) -> None:
+    entries = []  # (group, member, index 0 weight / 1 bias, tensor, keep factor)
+    for group in groups:
+        for member in group.members:
+            module = member.module
+            weight_keep, bias_keep = group.keep_factors(member, module.weight.device)
+            entries.append((group, member, 0, module.weight, weight_keep.expand_as(module.weight)))
+            if bias_keep is not None and module.bias is not None:
+                entries.append((group, member, 1, module.bias, bias_keep.expand_as(module.bias)))
+    classes = shape_classes([e for e in entries if e[3].requires_grad], lambda e: e[3])
+    if not classes:
+        return
+    keeps = []
+    for same_shape in classes:
+        key = tuple((e[1].name, e[2]) for e in same_shape) + (same_shape[0][4].device, same_shape[0][4].dtype)
+        if key not in pruner._fused_keeps:
+            pruner._fused_keeps[key] = torch.stack([e[4] for e in same_shape])
+        keeps.append(pruner._fused_keeps[key])
+    flat = [e for same_shape in classes for e in same_shape]
+    outputs = MaskGradients.apply(tuple(keeps), [len(c) for c in classes], *[e[3] for e in flat])
+    masked = {(e[1].name, e[2]): out for e, out in zip(flat, outputs)}
+    for group in groups:
+        group._fused = {}
+        for member in group.members:
+            module = member.module
+            weight = masked.get((member.name, 0), module.weight)
+            bias = masked.get((member.name, 1), module.bias)
+            group._fused[member.name] = (weight, bias, module.weight._version)
+
+
+def drop_fused(pruner) -> None:
+    for group in pruner.groups:
+        group._fused = None
+
+
+def fusing_allowed(model: torch.nn.Module) -> bool:
+    """Whether this forward of `model` may use the fused masks (see the module docstring)."""
+    return (model.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and not _checkpointing(model))
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # Transformers 5 renamed it
+        if isinstance(getattr(type(model), attr, None), property):
+            return bool(getattr(model, attr))
+    return False
+
+
+def before_forward(model: torch.nn.Module, args) -> None:
+    """Forward pre-hook `apply_pruning` registers on the model: the step's fused masked weights."""
+    from .attached import get_pruner
+
+    pruner = get_pruner(model)
+    if pruner is not None and fusing_allowed(model) and owns(pruner, model):
+        fuse_masks(pruner)
+
+
+def after_forward(model: torch.nn.Module, args, output) -> None:
+    """Forward hook: the fused masked weights are autograd's from now on."""
+    from .attached import get_pruner
+
+    pruner = get_pruner(model)
+    if pruner is not None:
+        drop_fused(pruner)
