@@ -142,7 +142,7 @@ def test_gradient_checkpointing_and_copies_take_their_own_paths():
     for checkpointing in (False, True):
         model = apply_pruning(tiny_bert(seed=2, layers=3), config)
         if checkpointing:
-            model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         pruner = get_pruner(model)
         pruner.set_total_steps(8)
         pruner.step(2)
