@@ -208,7 +208,9 @@ def count_step_operators(method: str | None, layers: int, phase: str, mask_kerne
                                                            **schedule)))
         pruner.set_total_steps(200)
     weights = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
-    optimizer = torch.optim.AdamW([{"params": weights}, *(pruner.optimizer_param_groups() if pruner else [])], lr=1e-4)
+    # Trainer's default optimizer (optim="adamw_torch_fused") and multi-tensor clipping (its GPU default)
+    optimizer = torch.optim.AdamW([{"params": weights}, *(pruner.optimizer_param_groups() if pruner else [])], lr=1e-4,
+                                  fused=True)
     if pruner is not None:
         pruner.set_optimizer(optimizer)
     g = torch.Generator().manual_seed(0)
@@ -218,7 +220,7 @@ def count_step_operators(method: str | None, layers: int, phase: str, mask_kerne
         if pruner is not None:
             pruner.step(index)
         model(**batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -228,14 +230,32 @@ def count_step_operators(method: str | None, layers: int, phase: str, mask_kerne
         step(4)
     count = 0
     for event in prof.events():
-        if not event.name.startswith("aten::") or event.name in VIEW_OPS:
+        if not event.name.startswith("aten::") or event.name in VIEW_OPS or _inside_multi_tensor(event):
             continue
-        if level == "top":
+        if event.name == "aten::to" and not event.cpu_children:  # to the dtype and device it has: returns itself
+            continue
+        if event.name.startswith(MULTI_TENSOR):  # one multi-tensor launch on a GPU; per tensor on the CPU
+            count += 1
+        elif level == "top":
             parent = event.cpu_parent
             count += parent is None or not parent.name.startswith("aten::")
         elif not any(child.name.startswith("aten::") and child.name not in VIEW_OPS for child in event.cpu_children):
             count += 1
     return count
+
+
+# Multi-tensor operators (torch._foreach_*, the fused AdamW): one launch (or a few) for all tensors on a GPU, whose
+# CPU implementation loops over the tensors with per-tensor operators; counted once, without what runs inside.
+MULTI_TENSOR = ("aten::_foreach_", "aten::_fused_")
+
+
+def _inside_multi_tensor(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(MULTI_TENSOR):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def count_ops_table(methods=("pdp", "smart", "movement", "magnitude"), layers=(2, 8)) -> list[str]:

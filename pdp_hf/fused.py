@@ -78,20 +78,21 @@ def stack_detached(groups: list) -> torch.Tensor:
 
 
 @torch.no_grad()
-def select_pairs(stacked: torch.Tensor, ks: list[int], exact: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """For a stack of same-shape matrices: the k-th and (k+1)-th smallest |w| of each (`ks[i]` in [1, n - 1]), as
-    `kth_smallest_pair` (exact) or `sampled_kth_pair(absolute=True)` (not exact) give them matrix by matrix; None
-    where only the per-matrix bracketed selection is exact (an exact refresh of a matrix over 4 x 65,536 entries)."""
+def select_pairs(stacked: torch.Tensor, ks: list[int], exact: bool, absolute: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For a stack of same-shape tensors: the k-th and (k+1)-th smallest |entry| (`absolute`; else entry) of each
+    (`ks[i]` in [1, n - 1]), as `kth_smallest_pair` (exact) or `sampled_kth_pair` (not exact) give them tensor by
+    tensor; None where only the per-tensor bracketed selection is exact (an exact refresh over 4 x 65,536 entries)."""
     rows = stacked.view(stacked.shape[0], -1)
     n = rows.shape[1]
     small = n <= 4 * SAMPLE_SIZE
     if exact and not small:
         return None
-    if small:  # both selections are the direct one on |w| in float32
-        return kth_pairs(_abs_float(rows), ks)
-    sample = _abs_float(rows.index_select(1, _sample_index(n, rows.device)))
+    if small:  # both selections are the direct one
+        return kth_pairs(_abs_float(rows) if absolute else rows, ks)
+    sample = rows.index_select(1, _sample_index(n, rows.device))
     ranks = [min(SAMPLE_SIZE - 1, max(1, round(k / n * SAMPLE_SIZE))) for k in ks]
-    return kth_pairs(sample, ranks)
+    return kth_pairs(_abs_float(sample) if absolute else sample, ranks)
 
 
 def _abs_float(values: torch.Tensor) -> torch.Tensor:

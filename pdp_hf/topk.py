@@ -30,7 +30,7 @@ _COUNT_TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 @torch.no_grad()
 def solve_lambda(
     scores: torch.Tensor | list[torch.Tensor], k: torch.Tensor | int, tau: float, init: torch.Tensor | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype = torch.float64, independent_rows: bool = False,
 ) -> torch.Tensor:
     """lambda (shaped scores.shape[:-1] + (1,), in `dtype`) with sum(sigmoid(scores / tau + lambda), -1) = k.
 
@@ -42,7 +42,12 @@ def solve_lambda(
     Safeguarded Newton: a Newton step on the count (its derivative is sum f (1 - f)) when it stays inside the
     current bracket, else bisection; a few steps for smooth masks, bisection's guarantee for nearly hard ones.
     `init` (e.g. the previous optimizer step's lambda) starts the iteration there when it lies inside the bracket:
-    one or two steps then suffice. `dtype` float32 halves the cost on large rows (count within 1e-5 relative)."""
+    one or two steps then suffice. `dtype` float32 halves the cost on large rows (count within 1e-5 relative).
+
+    `independent_rows=True` solves the rows as separate problems: each row's lambda stops moving at the iteration
+    where its own count converges, so every row gets exactly the lambda a call with that row alone gives (a NaN in
+    `init` marks a row without a warm start). Without it, rows that converged early take the extra steps the others
+    need (N:M groups, as before)."""
     if isinstance(scores, (list, tuple)):
         parts = [x.detach().to(dtype).reshape(-1) / tau for x in scores if x.numel()]
         if not parts:
@@ -78,16 +83,22 @@ def solve_lambda(
         lam = torch.where((init > lo) & (init < hi), init, lam)
     tol = _COUNT_TOL[dtype] * k.clamp_min(1.0)
     tiny = torch.finfo(dtype).tiny
+    done = None  # independent rows: the rows whose count has converged (their lambda is final)
     for _ in range(_MAX_STEPS):
         count, slope = sums(lam)
         excess = count - k
-        if bool((excess.abs() <= tol).all()):
+        converged = excess.abs() <= tol
+        if independent_rows:
+            done = converged if done is None else done | converged
+            converged = done
+        if bool(converged.all()):
             break
         hi = torch.where(excess > 0, lam, hi)
         lo = torch.where(excess > 0, lo, lam)
         newton = lam - excess / slope().clamp_min(tiny)
         inside = (newton > lo) & (newton < hi)
-        lam = torch.where(inside, newton, 0.5 * (lo + hi))
+        moved = torch.where(inside, newton, 0.5 * (lo + hi))
+        lam = moved if done is None else torch.where(done, lam, moved)
     return lam
 
 

@@ -10,6 +10,7 @@ from pdp_hf import PDPConfig, apply_pruning, finalize_pruning, get_pruner
 from pdp_hf import fused as fused_module
 from pdp_hf.fused import before_forward, kth_pairs, select_pairs
 from pdp_hf.selection import SAMPLE_SIZE, kth_smallest_pair, sampled_kth_pair
+from pdp_hf.topk import solve_lambda
 from tests.conftest import text_dataset, tiny_bert
 from tests.test_compare_methods import load_benchmark
 
@@ -69,7 +70,9 @@ def _train(method, granularity, distribution, fuse, monkeypatch, kernel="eager",
 
 @pytest.mark.parametrize("method,granularity,distribution", [
     ("pdp", "unstructured", "uniform"), ("pdp", "unstructured", "global"), ("magnitude", "unstructured", "uniform"),
-    ("magnitude", "unstructured", "global"), ("smart", "head", "uniform"), ("movement", "neuron", "global"),
+    ("magnitude", "unstructured", "global"), ("smart", "unstructured", "uniform"), ("smart", "unstructured", "global"),
+    ("movement", "unstructured", "uniform"), ("movement", "unstructured", "global"), ("smart", "head", "uniform"),
+    ("movement", "neuron", "global"),
 ])
 def test_fused_training_is_bit_identical_to_per_matrix(method, granularity, distribution, monkeypatch):
     fused = _train(method, granularity, distribution, True, monkeypatch)
@@ -89,8 +92,8 @@ def _operators(method, layers, phase):
     return load_benchmark("benchmark_training").count_step_operators(method, layers, phase)
 
 
-@pytest.mark.parametrize("method,phase", [("pdp", "ramp"), ("magnitude", "ramp"), ("pdp", "hardened"),
-                                          ("smart", "hardened"), ("movement", "hardened"), ("magnitude", "hardened")])
+@pytest.mark.parametrize("phase", ["ramp", "hardened"])
+@pytest.mark.parametrize("method", ["pdp", "smart", "movement", "magnitude"])
 def test_extra_operators_per_step_do_not_grow_with_depth(method, phase):
     dense = {n: _operators(None, n, phase) for n in (2, 4)}
     extra = {n: _operators(method, n, phase) - dense[n] for n in (2, 4)}
@@ -162,3 +165,15 @@ def test_finalize_removes_the_hooks():
     assert sum(fn in hooks for fn in [*model._forward_pre_hooks.values(), *model._forward_hooks.values()]) == 2
     finalize_pruning(model)
     assert not any(fn in hooks for fn in [*model._forward_pre_hooks.values(), *model._forward_hooks.values()])
+
+
+def test_independent_rows_get_the_lambda_each_row_gets_alone():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 300, generator=g) * torch.tensor([[0.1], [1.0], [3.0], [0.5]])
+    kept = torch.tensor([30.0, 150.0, 200.0, 299.0])
+    init = torch.tensor([[float("nan")], [0.3], [float("nan")], [-1.0]])  # NaN: no warm start for that row
+    lam = solve_lambda(scores, kept, 0.05, init=init, dtype=torch.float32, independent_rows=True)
+    for i in range(4):
+        alone = solve_lambda(scores[i : i + 1], int(kept[i]), 0.05, init=None if init[i].isnan() else init[i : i + 1],
+                             dtype=torch.float32)
+        assert lam[i].item() == alone.item(), i

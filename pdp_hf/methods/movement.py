@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..fused import restack, select_pairs, shape_classes
 from ..selection import sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier
 from .base import MaskMethod, check_positive, learned_hard_mask, relative_norms
@@ -77,6 +78,48 @@ class MovementMethod(MaskMethod):
         if keep is None:
             keep = learned_hard_mask(group, zeros)  # the exact top-k
         group.state["keep"] = multiplier(keep, group.weight.dtype)
+
+    @torch.no_grad()
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+        # Between exact refreshes, unstructured matrices of one shape: every sampled cut from one selection
+        # (pdp_hf.fused); a matrix whose cut misses its budget (ties) takes the exact top-k on its own, as in update.
+        batched, single = [], []
+        for group, zeros in items:
+            fits = not exact and group.kind == "unstructured" and 0 < zeros < group.num_units
+            (batched if fits else single).append((group, zeros))
+        for same_shape in shape_classes(batched, lambda item: item[0].score):
+            groups = [g for g, _ in same_shape]
+            scores = torch.stack([g.score.detach() for g in groups]) if len(groups) > 1 else None
+            pairs = None if scores is None else select_pairs(scores.float(), [z for _, z in same_shape], False, False)
+            if pairs is None:
+                single.extend(same_shape)
+                continue
+            keep = scores.float() > pairs[0].view(-1, *[1] * (scores.dim() - 1))
+            kept = keep.view(len(groups), -1).sum(1).tolist()
+            factors = multiplier(keep, groups[0].weight.dtype).unbind(0)
+            for (group, zeros), group_kept, factor in zip(same_shape, kept, factors):
+                if abs(group.num_units - zeros - group_kept) > _TIE_SLACK * group.num_units:
+                    single.append((group, zeros))
+                    continue
+                group.state.pop("eval_keep", None)
+                group.state["keep"] = factor
+        for group, zeros in single:
+            self.update(group, zeros, exact)
+
+    def fuses(self, group: UnitGroup) -> bool:
+        return group.kind == "unstructured"
+
+    def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
+        weights = torch.stack([g.weight for g in groups])
+        scores = torch.stack([g.score for g in groups])
+        delta = scores - scores.detach()  # the hard mask's value, the identity's gradient (see train_weight)
+        keeps = [g.state.get("keep") for g in groups]
+        if all(keep is None for keep in keeps):
+            mask = delta + 1.0
+        else:
+            mask = delta + restack([torch.ones_like(delta[0]) if k is None else k.to(delta.device) for k in keeps])
+        masked = weights * mask
+        return list((masked if masked.dtype == weights.dtype else masked.to(weights.dtype)).unbind(0))
 
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         def straight_through():

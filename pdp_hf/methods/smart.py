@@ -33,7 +33,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..topk import soft_topk, solve_lambda
+from ..fused import shape_classes
+from ..topk import _SoftTopK, soft_topk, solve_lambda
 from ..units import Member, UnitGroup
 from .base import MaskMethod, check_positive, learned_hard_mask, nm_selected_groups, relative_norms
 
@@ -108,6 +109,50 @@ class SmartMethod(MaskMethod):
         state.pop("all_pruned", None)
         k = group.num_units - zeros
         state["lambda"] = solve_lambda(score.reshape(1, -1), k, tau, init=state.get("lambda"), dtype=torch.float32)
+
+    def _fusable(self, group: UnitGroup) -> bool:
+        return group.kind == "unstructured" and not self._shares(group)
+
+    @torch.no_grad()
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+        # Unstructured matrices of one shape: every lambda from one Newton iteration over the rows (pdp_hf.fused).
+        batched, single = [], []
+        for group, zeros in items:
+            (batched if self._fusable(group) and 0 < zeros < group.num_units else single).append((group, zeros))
+        for same_shape in shape_classes(batched, lambda item: item[0].score):
+            if len(same_shape) < 2:
+                single.extend(same_shape)
+                continue
+            groups = [g for g, _ in same_shape]
+            scores = torch.stack([g.score.detach() for g in groups]).view(len(groups), -1)
+            kept = torch.tensor([g.num_units - z for g, z in same_shape], dtype=torch.float32, device=scores.device)
+            previous = [g.state.get("lambda") for g in groups]
+            init = None
+            if any(lam is not None for lam in previous):  # a row without a warm start starts at its midpoint
+                init = torch.cat([torch.full((1, 1), float("nan"), device=scores.device) if lam is None else lam
+                                  for lam in previous])
+            lam = solve_lambda(scores.float(), kept, self.temperature, init=init, dtype=torch.float32,
+                               independent_rows=True)
+            for i, group in enumerate(groups):
+                state = group.state
+                state["tau"] = self.temperature
+                state.pop("eval_keep", None)
+                state.pop("all_pruned", None)
+                state["lambda"] = lam[i : i + 1]
+        for group, zeros in single:
+            self.update(group, zeros, exact)
+
+    def fuses(self, group: UnitGroup) -> bool:
+        return self._fusable(group) and "lambda" in group.state and not group.state.get("all_pruned")
+
+    def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
+        weights = torch.stack([g.weight for g in groups])
+        with torch.autocast(device_type=weights.device.type, enabled=False):
+            scores = torch.stack([g.score for g in groups]).view(len(groups), -1)
+            lam = torch.cat([g.state["lambda"] for g in groups])
+            mask = _SoftTopK.apply(scores.float(), lam, float(groups[0].state["tau"]))
+        masked = weights * mask.view(weights.shape)
+        return list((masked if masked.dtype == weights.dtype else masked.to(weights.dtype)).unbind(0))
 
     @torch.no_grad()
     def end_update(self, groups: list[UnitGroup]) -> None:
