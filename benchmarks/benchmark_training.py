@@ -184,7 +184,7 @@ VIEW_OPS = {"aten::view", "aten::_unsafe_view", "aten::as_strided", "aten::resha
 
 
 def count_step_operators(method: str | None, layers: int, phase: str, mask_kernel: str = "eager",
-                         level: str = "leaf") -> int:
+                         level: str = "leaf", granularity: str = "unstructured") -> int:
     """Operators dispatched by one training step (Pruner.step, forward, backward, clipping, AdamW, zero_grad) of a tiny
     BERT with `layers` layers: the leaf aten operators torch.profiler records on the CPU, views excluded; on a GPU each
     is about one kernel launch. `method` None is dense; `phase` "ramp" (soft masks, a step between exact refreshes)
@@ -205,7 +205,7 @@ def count_step_operators(method: str | None, layers: int, phase: str, mask_kerne
         schedule = dict(pruning_start=0, pruning_end=100, harden_at=None) if phase == "ramp" else dict(
             pruning_start=0, pruning_end=0, harden_at=0)
         pruner = get_pruner(apply_pruning(model, PDPConfig(method=method, target_sparsity=0.5, mask_kernel=mask_kernel,
-                                                           **schedule)))
+                                                           granularity=granularity, **schedule)))
         pruner.set_total_steps(200)
     weights = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
     # Trainer's default optimizer (optim="adamw_torch_fused") and multi-tensor clipping (its GPU default)

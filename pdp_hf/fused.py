@@ -22,6 +22,8 @@ targeted weights' gradients are therefore all-reduced together at the end instea
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .kernels import KERNELS
@@ -38,6 +40,89 @@ def shape_classes(items: list, tensor_of) -> list[list]:
     for item in items:
         classes.setdefault(class_key(tensor_of(item)), []).append(item)
     return list(classes.values())
+
+
+FUSED_KINDS = ("unstructured", "block", "neuron", "head")  # N:M groups keep the per-group path
+
+
+@torch.no_grad()
+def unit_scores(groups: list) -> torch.Tensor:
+    """`UnitGroup.scores()` of same-signature groups at once, (M, *unit_shape): |w| of unstructured matrices, the
+    unit norms of tiles, neurons and heads."""
+    if groups[0].kind == "unstructured":
+        return stack_detached(groups)
+    return stacked_squared_norms(groups, member_stacks(groups, detach=True)).sqrt()
+
+
+def signature(group) -> tuple:
+    """Groups that fuse together: the same kind, member shapes and roles, dtype and device (a layer's FFN is one
+    group per layer for `neuron`, so the FFNs of all layers form one class)."""
+    members = tuple((tuple(m.module.weight.shape), m.axis, m.width, m.module.bias is not None) for m in group.members)
+    return group.kind, group.block_size, members, group.weight.dtype, group.weight.device
+
+
+def shape_classes_of_groups(groups: list) -> list[list]:
+    classes: dict[tuple, list] = {}
+    for group in groups:
+        classes.setdefault(signature(group), []).append(group)
+    return list(classes.values())
+
+
+def member_stacks(groups: list, detach: bool = False) -> list[torch.Tensor]:
+    """For each member position of same-signature groups, the members' weights stacked (M, rows, cols)."""
+    return [torch.stack([g.members[j].module.weight.detach() if detach else g.members[j].module.weight for g in groups])
+            for j in range(len(groups[0].members))]
+
+
+def stacked_squared_norms(groups: list, stacks: list[torch.Tensor]) -> torch.Tensor:
+    """`UnitGroup.squared_norms` of same-signature block/neuron/head groups at once, (M, *unit_shape), float32,
+    differentiable through `stacks` (from `member_stacks`): the same sums in the same order."""
+    first = groups[0]
+    if first.kind == "block":
+        w2 = _float(stacks[0]).square()
+        b = first.block_size
+        count, rows, cols = w2.shape
+        return w2.view(count, rows // b, b, cols // b, b).sum(dim=(2, 4))
+    total = None
+    for member, stacked in zip(first.members, stacks):
+        w2 = _float(stacked).square()
+        count, rows, cols = w2.shape
+        part = w2.view(count, -1, member.width, cols).sum(dim=(2, 3)) if member.axis == 0 else (
+            w2.view(count, rows, -1, member.width).sum(dim=(1, 3)))
+        total = part if total is None else total + part
+    return total
+
+
+def apply_unit_masks(groups: list, stacks: list[torch.Tensor], mask: torch.Tensor) -> list[dict]:
+    """`UnitGroup.masked` for every member of same-signature groups: unit masks (M, *unit_shape) broadcast onto the
+    stacked weights (and biases); per group, member name -> (weight, bias)."""
+    first = groups[0]
+    out: list[dict] = [{} for _ in groups]
+    for j, (member, stacked) in enumerate(zip(first.members, stacks)):
+        bias_mask = None
+        if first.kind == "block":
+            b = first.block_size
+            weight_mask = mask.repeat_interleave(b, 1).repeat_interleave(b, 2)
+        else:
+            per_feature = mask.repeat_interleave(member.width, dim=1)
+            weight_mask, bias_mask = (per_feature[:, :, None], per_feature) if member.axis == 0 else (
+                per_feature[:, None, :], None)
+        weights = stacked * weight_mask
+        biases = None
+        if bias_mask is not None and member.module.bias is not None:
+            biases = torch.stack([g.members[j].module.bias for g in groups]) * bias_mask
+        if weights.dtype != stacked.dtype:  # a mask made for another dtype (the model was cast since)
+            weights, biases = weights.to(stacked.dtype), None if biases is None else biases.to(stacked.dtype)
+        weights = weights.unbind(0)
+        biases = [None] * len(groups) if biases is None else biases.unbind(0)
+        for i, group in enumerate(groups):
+            own = group.members[j]
+            out[i][own.name] = (weights[i], own.module.bias if bias_mask is None else biases[i])
+    return out
+
+
+def _float(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 def restack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -174,12 +259,19 @@ def fuse_masks(pruner) -> None:
                 hardened.append(group)
         elif (group.zeros or pruner.method.masks_before_pruning) and pruner.method.fuses(group):
             soft.append(group)
-    for same_shape in shape_classes(soft, lambda g: g.weight):
-        if len(same_shape) < 2:
-            continue  # the per-matrix path is as cheap
-        for group, weight in zip(same_shape, pruner.method.train_weights(same_shape)):
-            member = group.members[0]
-            group._fused = {member.name: (weight, member.module.bias, member.module.weight._version)}
+    for same in shape_classes_of_groups(soft):
+        if len(same) < 2:
+            continue  # the per-group path is as cheap
+        if same[0].kind == "unstructured":
+            for group, weight in zip(same, pruner.method.train_weights(same)):
+                member = group.members[0]
+                group._fused = {member.name: (weight, member.module.bias, member.module.weight._version)}
+            continue
+        stacks = member_stacks(same)
+        mask = pruner.method.train_unit_masks(same, functools.partial(stacked_squared_norms, same, stacks))
+        for group, masked in zip(same, apply_unit_masks(same, stacks, mask)):
+            group._fused = {name: (weight, bias, group.module_of(name).weight._version)
+                            for name, (weight, bias) in masked.items()}
     if hardened:
         _fuse_hardened(pruner, hardened)
 

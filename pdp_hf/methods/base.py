@@ -140,6 +140,12 @@ class MaskMethod:
         of operators; the same values and gradients as `train_weight` group by group."""
         raise NotImplementedError
 
+    def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
+        """The unit-level training masks (M, *unit_shape) of same-signature block/neuron/head groups the method
+        `fuses`; `squared_norms()` gives their stacked, differentiable squared unit norms. The same values and
+        gradients as the masks `train_weight` applies group by group."""
+        raise NotImplementedError
+
     def end_update(self, groups: list[UnitGroup]) -> None:
         """Called once per optimizer step after every `update`, with the groups that prune units now (state shared
         across groups, e.g. one lambda per pool)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fused import broadcast_shape, restack, select_pairs, shape_classes, stack_detached
+from ..fused import FUSED_KINDS, broadcast_shape, restack, select_pairs, shape_classes_of_groups, unit_scores
 from ..kernels import KERNELS
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier, multiplier_dtype
@@ -57,30 +57,40 @@ class MagnitudeMethod(MaskMethod):
 
     @torch.no_grad()
     def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
-        # Unstructured matrices of one shape: every cut from one selection, every mask from one pass (pdp_hf.fused).
+        # Groups of one signature (pdp_hf.fused): every cut from one selection, every mask from one pass.
         batched, single = [], []
         for group, zeros in items:
-            (batched if group.kind == "unstructured" and 0 < zeros < group.num_units else single).append((group, zeros))
-        for same_shape in shape_classes(batched, lambda item: item[0].weight):
-            stacked = stack_detached([g for g, _ in same_shape]) if len(same_shape) > 1 else None
-            pairs = None if stacked is None else select_pairs(stacked, [z for _, z in same_shape], exact)
+            fits = group.kind in FUSED_KINDS and 0 < zeros < group.num_units
+            (batched if fits else single).append((group, zeros))
+        zeros_of = dict(batched)
+        for same in shape_classes_of_groups(list(zeros_of)):
+            zeros = [zeros_of[g] for g in same]
+            scores = unit_scores(same) if len(same) > 1 else None
+            unstructured = same[0].kind == "unstructured"
+            pairs = None if scores is None else select_pairs(scores, zeros, exact, absolute=unstructured)
             if pairs is None:
-                single.extend(same_shape)
+                single.extend(zip(same, zeros))
                 continue
-            dtype = multiplier_dtype(stacked.dtype)
-            keep = KERNELS.keep_above(stacked, pairs[0].view(broadcast_shape(stacked)), dtype, self.mask_kernel)
-            for group, group_keep in zip((g for g, _ in same_shape), keep.unbind(0)):
+            cut = pairs[0].view(broadcast_shape(scores))
+            if unstructured:  # straight from the weights, as update does
+                keep = KERNELS.keep_above(scores, cut, multiplier_dtype(scores.dtype), self.mask_kernel)
+            else:
+                keep = multiplier(scores > cut, same[0].weight.dtype)
+            for group, group_keep in zip(same, keep.unbind(0)):
                 group.state["keep"] = group_keep
         for group, zeros in single:
             self.update(group, zeros, exact)
 
     def fuses(self, group: UnitGroup) -> bool:
-        return group.kind == "unstructured"
+        return group.kind in FUSED_KINDS
 
     def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
         stacked = torch.stack([g.weight for g in groups])
         masked = stacked * restack([g.state["keep"] for g in groups])
         return list((masked if masked.dtype == stacked.dtype else masked.to(stacked.dtype)).unbind(0))
+
+    def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
+        return restack([g.state["keep"] for g in groups])
 
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         return group.masked(group.state["keep"], member, module)

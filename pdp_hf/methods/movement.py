@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fused import restack, select_pairs, shape_classes
+from ..fused import FUSED_KINDS, restack, select_pairs, shape_classes
 from ..selection import sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier
 from .base import MaskMethod, check_positive, learned_hard_mask, relative_norms
@@ -85,7 +85,7 @@ class MovementMethod(MaskMethod):
         # (pdp_hf.fused); a matrix whose cut misses its budget (ties) takes the exact top-k on its own, as in update.
         batched, single = [], []
         for group, zeros in items:
-            fits = not exact and group.kind == "unstructured" and 0 < zeros < group.num_units
+            fits = not exact and group.kind in FUSED_KINDS and 0 < zeros < group.num_units
             (batched if fits else single).append((group, zeros))
         for same_shape in shape_classes(batched, lambda item: item[0].score):
             groups = [g for g, _ in same_shape]
@@ -107,19 +107,20 @@ class MovementMethod(MaskMethod):
             self.update(group, zeros, exact)
 
     def fuses(self, group: UnitGroup) -> bool:
-        return group.kind == "unstructured"
+        return group.kind in FUSED_KINDS
 
     def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
         weights = torch.stack([g.weight for g in groups])
+        masked = weights * self.train_unit_masks(groups, None)
+        return list((masked if masked.dtype == weights.dtype else masked.to(weights.dtype)).unbind(0))
+
+    def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
         scores = torch.stack([g.score for g in groups])
         delta = scores - scores.detach()  # the hard mask's value, the identity's gradient (see train_weight)
         keeps = [g.state.get("keep") for g in groups]
         if all(keep is None for keep in keeps):
-            mask = delta + 1.0
-        else:
-            mask = delta + restack([torch.ones_like(delta[0]) if k is None else k.to(delta.device) for k in keeps])
-        masked = weights * mask
-        return list((masked if masked.dtype == weights.dtype else masked.to(weights.dtype)).unbind(0))
+            return delta + 1.0
+        return delta + restack([torch.ones_like(delta[0]) if k is None else k.to(delta.device) for k in keeps])
 
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         def straight_through():

@@ -17,7 +17,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fused import FusedPDPMask, restack, select_pairs, shape_classes, stack_detached
+from ..fused import (
+    FUSED_KINDS,
+    FusedPDPMask,
+    broadcast_shape,
+    restack,
+    select_pairs,
+    shape_classes_of_groups,
+    unit_scores,
+)
 from ..kernels import KERNELS
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup
@@ -143,26 +151,29 @@ class PDPMethod(MaskMethod):
 
     @torch.no_grad()
     def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
-        # Unstructured matrices of one shape: every threshold from one selection along the rows (pdp_hf.fused).
+        # Groups of one signature (pdp_hf.fused): every threshold from one selection along the rows, on |w| for
+        # unstructured matrices, on the unit norms for tiles, neurons and heads.
         batched, single = [], []
         for group, zeros in items:
-            (batched if group.kind == "unstructured" and 0 < zeros < group.num_units else single).append((group, zeros))
-        for same_shape in shape_classes(batched, lambda item: item[0].weight):
-            pairs = None if len(same_shape) < 2 else select_pairs(
-                stack_detached([g for g, _ in same_shape]), [z for _, z in same_shape], exact)
+            fits = group.kind in FUSED_KINDS and 0 < zeros < group.num_units
+            (batched if fits else single).append((group, zeros))
+        zeros_of = dict(batched)
+        for same in shape_classes_of_groups(list(zeros_of)):
+            zeros = [zeros_of[g] for g in same]
+            pairs = None if len(same) < 2 else select_pairs(unit_scores(same), zeros, exact)
             if pairs is None:
-                single.extend(same_shape)
+                single.extend(zip(same, zeros))
                 continue
             t = 0.5 * (pairs[0] + pairs[1])
             tau = relative_tau(t, self.temperature) if self.temperature_mode == "relative" else torch.full_like(
                 t, self.temperature)
-            for i, (group, _) in enumerate(same_shape):
+            for i, group in enumerate(same):
                 group.state["threshold"], group.state["tau"] = t[i], tau[i]
         for group, zeros in single:
             self.update(group, zeros, exact)
 
     def fuses(self, group: UnitGroup) -> bool:
-        return group.kind == "unstructured"
+        return group.kind in FUSED_KINDS
 
     def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
         weights = [g.weight for g in groups]
@@ -170,6 +181,13 @@ class PDPMethod(MaskMethod):
             t2 = restack([g.state["threshold"] for g in groups]).square()
             tau = restack([g.state["tau"] for g in groups])
             return list(FusedPDPMask.apply(t2, tau, self.mask_kernel, *weights))
+
+    def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
+        with torch.autocast(device_type=groups[0].weight.device.type, enabled=False):
+            norms = squared_norms()
+            shape = broadcast_shape(norms)
+            t2 = restack([g.state["threshold"] for g in groups]).square().view(shape)
+            return torch.sigmoid((norms - t2) / restack([g.state["tau"] for g in groups]).view(shape))
 
     def soft_mask(self, group: UnitGroup) -> torch.Tensor:
         """Unit-level soft mask in float32 (differentiable through the unit norms)."""

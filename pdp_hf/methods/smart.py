@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fused import shape_classes
+from ..fused import FUSED_KINDS, shape_classes
 from ..topk import _SoftTopK, soft_topk, solve_lambda
 from ..units import Member, UnitGroup
 from .base import MaskMethod, check_positive, learned_hard_mask, nm_selected_groups, relative_norms
@@ -111,7 +111,7 @@ class SmartMethod(MaskMethod):
         state["lambda"] = solve_lambda(score.reshape(1, -1), k, tau, init=state.get("lambda"), dtype=torch.float32)
 
     def _fusable(self, group: UnitGroup) -> bool:
-        return group.kind == "unstructured" and not self._shares(group)
+        return group.kind in FUSED_KINDS and not self._shares(group)
 
     @torch.no_grad()
     def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
@@ -119,7 +119,7 @@ class SmartMethod(MaskMethod):
         batched, single = [], []
         for group, zeros in items:
             (batched if self._fusable(group) and 0 < zeros < group.num_units else single).append((group, zeros))
-        for same_shape in shape_classes(batched, lambda item: item[0].score):
+        for same_shape in shape_classes(batched, lambda item: item[0].score):  # rows of scores: any kind alike
             if len(same_shape) < 2:
                 single.extend(same_shape)
                 continue
@@ -147,12 +147,15 @@ class SmartMethod(MaskMethod):
 
     def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
         weights = torch.stack([g.weight for g in groups])
-        with torch.autocast(device_type=weights.device.type, enabled=False):
-            scores = torch.stack([g.score for g in groups]).view(len(groups), -1)
-            lam = torch.cat([g.state["lambda"] for g in groups])
-            mask = _SoftTopK.apply(scores.float(), lam, float(groups[0].state["tau"]))
-        masked = weights * mask.view(weights.shape)
+        masked = weights * self.train_unit_masks(groups, None)
         return list((masked if masked.dtype == weights.dtype else masked.to(weights.dtype)).unbind(0))
+
+    def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
+        with torch.autocast(device_type=groups[0].weight.device.type, enabled=False):
+            scores = torch.stack([g.score for g in groups])
+            lam = torch.cat([g.state["lambda"] for g in groups])
+            mask = _SoftTopK.apply(scores.float().view(len(groups), -1), lam, float(groups[0].state["tau"]))
+            return mask.view(scores.shape)
 
     @torch.no_grad()
     def end_update(self, groups: list[UnitGroup]) -> None:
