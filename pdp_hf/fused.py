@@ -42,13 +42,15 @@ def shape_classes(items: list, tensor_of) -> list[list]:
     return list(classes.values())
 
 
-FUSED_KINDS = ("unstructured", "block", "neuron", "head")  # N:M groups keep the per-group path
+# N:M and block groups keep the per-group path (block's fused form summed its tiles' mask gradients in another
+# order: not bit-identical)
+FUSED_KINDS = ("unstructured", "neuron", "head")
 
 
 @torch.no_grad()
 def unit_scores(groups: list) -> torch.Tensor:
-    """`UnitGroup.scores()` of same-signature groups at once, (M, *unit_shape): |w| of unstructured matrices, the
-    unit norms of tiles, neurons and heads."""
+    """`UnitGroup.scores()` of same-signature groups at once: |w| of unstructured matrices (M, rows, cols), the
+    unit norms of neurons and heads (M, units)."""
     if groups[0].kind == "unstructured":
         return stack_detached(groups)
     return stacked_squared_norms(groups, member_stacks(groups, detach=True)).sqrt()
@@ -75,16 +77,10 @@ def member_stacks(groups: list, detach: bool = False) -> list[torch.Tensor]:
 
 
 def stacked_squared_norms(groups: list, stacks: list[torch.Tensor]) -> torch.Tensor:
-    """`UnitGroup.squared_norms` of same-signature block/neuron/head groups at once, (M, *unit_shape), float32,
-    differentiable through `stacks` (from `member_stacks`): the same sums in the same order."""
-    first = groups[0]
-    if first.kind == "block":
-        w2 = _float(stacks[0]).square()
-        b = first.block_size
-        count, rows, cols = w2.shape
-        return w2.view(count, rows // b, b, cols // b, b).sum(dim=(2, 4))
+    """`UnitGroup.squared_norms` of same-signature neuron/head groups at once, (M, units), float32, differentiable
+    through `stacks` (from `member_stacks`): the same sums in the same order."""
     total = None
-    for member, stacked in zip(first.members, stacks):
+    for member, stacked in zip(groups[0].members, stacks):
         w2 = _float(stacked).square()
         count, rows, cols = w2.shape
         part = w2.view(count, -1, member.width, cols).sum(dim=(2, 3)) if member.axis == 0 else (
@@ -94,19 +90,14 @@ def stacked_squared_norms(groups: list, stacks: list[torch.Tensor]) -> torch.Ten
 
 
 def apply_unit_masks(groups: list, stacks: list[torch.Tensor], mask: torch.Tensor) -> list[dict]:
-    """`UnitGroup.masked` for every member of same-signature groups: unit masks (M, *unit_shape) broadcast onto the
-    stacked weights (and biases); per group, member name -> (weight, bias)."""
+    """`UnitGroup.masked` for every member of same-signature neuron/head groups: unit masks (M, units) broadcast
+    onto the stacked weights (and biases); per group, member name -> (weight, bias)."""
     first = groups[0]
     out: list[dict] = [{} for _ in groups]
     for j, (member, stacked) in enumerate(zip(first.members, stacks)):
-        bias_mask = None
-        if first.kind == "block":
-            b = first.block_size
-            weight_mask = mask.repeat_interleave(b, 1).repeat_interleave(b, 2)
-        else:
-            per_feature = mask.repeat_interleave(member.width, dim=1)
-            weight_mask, bias_mask = (per_feature[:, :, None], per_feature) if member.axis == 0 else (
-                per_feature[:, None, :], None)
+        per_feature = mask.repeat_interleave(member.width, dim=1)
+        weight_mask, bias_mask = (per_feature[:, :, None], per_feature) if member.axis == 0 else (
+            per_feature[:, None, :], None)
         weights = stacked * weight_mask
         biases = None
         if bias_mask is not None and member.module.bias is not None:

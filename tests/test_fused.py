@@ -49,8 +49,10 @@ def _train(method, granularity, distribution, fuse, monkeypatch, kernel="eager",
     """Weights after `steps` AdamW steps through ramp (2..6), hardening (8) and fine-tuning, fused or not."""
     monkeypatch.setattr(fused_module, "fusing_allowed", (lambda model: model.training) if fuse else (lambda model: False))
     model = tiny_bert(seed=3, layers=layers)
-    config = PDPConfig(method=method, granularity=granularity, sparsity_distribution=distribution, target_sparsity=0.5,
-                       pruning_start=2, pruning_end=6, harden_at=8, threshold_refresh_steps=3, mask_kernel=kernel)
+    nm = granularity == "2:4"
+    config = PDPConfig(method=method, granularity="n:m" if nm else granularity, n_m="2:4", block_size=8,
+                       sparsity_distribution=distribution, target_sparsity=None if nm else 0.5, pruning_start=2,
+                       pruning_end=6, harden_at=8, threshold_refresh_steps=3, mask_kernel=kernel)
     pruner = get_pruner(apply_pruning(model, config))
     params = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
     optimizer = torch.optim.AdamW([{"params": params}, *pruner.optimizer_param_groups()], lr=1e-2)
@@ -71,8 +73,11 @@ def _train(method, granularity, distribution, fuse, monkeypatch, kernel="eager",
 @pytest.mark.parametrize("method,granularity,distribution", [
     ("pdp", "unstructured", "uniform"), ("pdp", "unstructured", "global"), ("magnitude", "unstructured", "uniform"),
     ("magnitude", "unstructured", "global"), ("smart", "unstructured", "uniform"), ("smart", "unstructured", "global"),
-    ("movement", "unstructured", "uniform"), ("movement", "unstructured", "global"), ("smart", "head", "uniform"),
-    ("movement", "neuron", "global"),
+    ("movement", "unstructured", "uniform"), ("movement", "unstructured", "global"),
+    *[(method, "attention=head,ffn=neuron", distribution) for method in ("pdp", "smart", "movement", "magnitude")
+      for distribution in ("uniform", "global")],
+    ("smart", "attention=head,ffn=neuron", "learned"), ("pdp", "block", "uniform"), ("smart", "block", "global"),  # per group
+    ("movement", "neuron", "learned"), ("magnitude", "head", "global"), ("pdp", "2:4", "uniform"),
 ])
 def test_fused_training_is_bit_identical_to_per_matrix(method, granularity, distribution, monkeypatch):
     fused = _train(method, granularity, distribution, True, monkeypatch)
@@ -88,17 +93,18 @@ def test_fused_compiled_kernels_equal_the_per_matrix_compiled_kernels(monkeypatc
         assert torch.equal(value, fused[key]), key
 
 
-def _operators(method, layers, phase):
-    return load_benchmark("benchmark_training").count_step_operators(method, layers, phase)
+def _operators(method, layers, phase, granularity="unstructured"):
+    return load_benchmark("benchmark_training").count_step_operators(method, layers, phase, granularity=granularity)
 
 
+@pytest.mark.parametrize("granularity", ["unstructured", "attention=head,ffn=neuron"])
 @pytest.mark.parametrize("phase", ["ramp", "hardened"])
 @pytest.mark.parametrize("method", ["pdp", "smart", "movement", "magnitude"])
-def test_extra_operators_per_step_do_not_grow_with_depth(method, phase):
+def test_extra_operators_per_step_do_not_grow_with_depth(method, phase, granularity):
     dense = {n: _operators(None, n, phase) for n in (2, 4)}
-    extra = {n: _operators(method, n, phase) - dense[n] for n in (2, 4)}
+    extra = {n: _operators(method, n, phase, granularity) - dense[n] for n in (2, 4)}
     assert extra[2] == extra[4], extra
-    assert dense[4] > dense[2]  # the count does see depth
+    assert dense[4] > dense[2] and extra[2] > 0  # the count sees depth, and the masks
 
 
 def test_fused_path_is_taken_and_dropped_after_the_forward():

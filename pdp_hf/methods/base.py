@@ -141,7 +141,7 @@ class MaskMethod:
         raise NotImplementedError
 
     def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
-        """The unit-level training masks (M, *unit_shape) of same-signature block/neuron/head groups the method
+        """The unit-level training masks (M, *unit_shape) of same-signature neuron/head groups the method
         `fuses`; `squared_norms()` gives their stacked, differentiable squared unit norms. The same values and
         gradients as the masks `train_weight` applies group by group."""
         raise NotImplementedError
