@@ -43,6 +43,7 @@ SHAPES = {
 }
 VARIANTS = ("dense", "dense-2", "floor", "pdp", "pdp-eager", "magnitude", "smart", "smart-learned", "movement", "hardened",
             "hardened-masked")
+# also accepted: "<v>-fused" and "<v>-pergroup" for v in FUSED_VARIANTS (see pdp_config)
 
 
 def floor_linear_class():
@@ -70,9 +71,20 @@ def floor_linear_class():
     return FloorLinear
 
 
+# "<variant>-fused" / "<variant>-pergroup": the same with PDPConfig(fused_masks="on" / "off"); the plain variant has
+# the default ("auto": fused on a GPU, group by group on the CPU)
+FUSED_VARIANTS = ("pdp", "magnitude", "smart", "movement", "hardened")
+FUSED_SUFFIXES = {"-fused": "on", "-pergroup": "off"}
+
+
 def pdp_config(variant: str, ramp_steps: int):
     from pdp_hf import PDPConfig
 
+    for suffix, setting in FUSED_SUFFIXES.items():
+        if variant.endswith(suffix):
+            config = pdp_config(variant[: -len(suffix)], ramp_steps)
+            config.fused_masks = setting
+            return config
     # The ramp covers every step measured (mid-ramp at the end), soft masks and selection active at each.
     ramp = dict(target_sparsity=0.9, pruning_start=0, pruning_end=ramp_steps, harden_at=None)
     if variant == "pdp":
@@ -205,7 +217,7 @@ def count_step_operators(method: str | None, layers: int, phase: str, mask_kerne
         schedule = dict(pruning_start=0, pruning_end=100, harden_at=None) if phase == "ramp" else dict(
             pruning_start=0, pruning_end=0, harden_at=0)
         pruner = get_pruner(apply_pruning(model, PDPConfig(method=method, target_sparsity=0.5, mask_kernel=mask_kernel,
-                                                           granularity=granularity, **schedule)))
+                                                           granularity=granularity, fused_masks="on", **schedule)))
         pruner.set_total_steps(200)
     weights = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
     # Trainer's default optimizer (optim="adamw_torch_fused") and multi-tensor clipping (its GPU default)
@@ -258,26 +270,30 @@ def _inside_multi_tensor(event) -> bool:
     return False
 
 
-def count_ops_table(methods=("pdp", "smart", "movement", "magnitude"), layers=(2, 8)) -> list[str]:
+def count_ops_table(methods=("pdp", "smart", "movement", "magnitude"), layers=(2, 8),
+                    granularities=("unstructured", "attention=head,ffn=neuron")) -> list[str]:
     """Operators per step at 2 and 8 layers, and each method's extra per added layer, ramp and hardened."""
     dense = {n: count_step_operators(None, n, "ramp") for n in layers}
     per_layer = (dense[layers[1]] - dense[layers[0]]) / (layers[1] - layers[0])
     rows = [f"dense: {dense[layers[0]]} operators at {layers[0]} layers, {dense[layers[1]]} at {layers[1]} "
             f"({per_layer:.0f} per layer)", "",
-            f"| method | phase | extra at {layers[0]} layers | extra at {layers[1]} layers | extra per added layer |",
-            "|---|---|---:|---:|---:|"]
-    for method in methods:
-        for phase in ("ramp", "hardened"):
-            extra = {n: count_step_operators(method, n, phase) - dense[n] for n in layers}
-            growth = (extra[layers[1]] - extra[layers[0]]) / (layers[1] - layers[0])
-            rows.append(f"| {method} | {phase} | {extra[layers[0]]} | {extra[layers[1]]} | {growth:.1f} |")
+            f"| method | granularity | phase | extra at {layers[0]} layers | extra at {layers[1]} layers | "
+            "extra per added layer |", "|---|---|---|---:|---:|---:|"]
+    for granularity in granularities:
+        for method in methods:
+            for phase in ("ramp", "hardened"):
+                extra = {n: count_step_operators(method, n, phase, granularity=granularity) - dense[n] for n in layers}
+                growth = (extra[layers[1]] - extra[layers[0]]) / (layers[1] - layers[0])
+                rows.append(f"| {method} | {granularity} | {phase} | {extra[layers[0]]} | {extra[layers[1]]} | "
+                            f"{growth:.1f} |")
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="bert-base-4l", choices=list(SHAPES))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS) + [
+        v + suffix for v in FUSED_VARIANTS for suffix in FUSED_SUFFIXES])
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2, help="Unmeasured steps per variant (compilation, caches).")
@@ -293,8 +309,10 @@ def main() -> None:
     import torch
 
     if args.count_ops:
-        print(f"# operators per training step (torch.profiler, CPU, leaf aten ops, views excluded; torch "
-              f"{torch.__version__}); tiny BERT (hidden 32, 2 heads, FFN 64), batch 4 x 16, 50% unstructured, eager masks")
+        print(f"# operators per training step (torch.profiler, CPU, leaf aten ops; views, no-op casts and what runs inside "
+              f"a multi-tensor op excluded, the multi-tensor op counted once; torch {torch.__version__}); tiny BERT "
+              "(hidden 32, 2 heads, FFN 64), batch 4 x 16, 50% sparsity, eager masks; fused AdamW and multi-tensor "
+              "clipping as Trainer runs them on a GPU")
         print("\n".join(count_ops_table()))
         return
 

@@ -20,11 +20,12 @@ SPARSITY_DISTRIBUTIONS = ("uniform", "global", "learned")
 SPARSITY_SCHEDULES = ("linear", "cubic")
 TEMPERATURE_MODES = ("relative", "absolute")
 MASK_KERNELS = ("auto", "compiled", "eager")
+FUSED_MASKS = ("auto", "on", "off")
 # Mask methods by name, filled by `pdp_hf.methods` as it is imported (`register_method`): the config sits below the
 # methods and never imports them; each method validates its own fields (`check_config`).
 METHODS: dict[str, Any] = {}
 # How the computation runs, not what it computes: a checkpoint may be resumed with another value.
-RUNTIME_FIELDS = ("mask_kernel",)
+RUNTIME_FIELDS = ("mask_kernel", "fused_masks")
 
 
 def register_method(method: Any) -> Any:
@@ -206,6 +207,16 @@ class PDPConfig(ConfigIO):
             "compilation fails), 'compiled' (fail if it cannot compile) or 'eager'. Same values; see pdp_hf.kernels."
         },
     )
+    fused_masks: str = field(
+        default="auto",
+        metadata={
+            "help": "Whether each training step computes the masks of all same-shape groups at once (a constant "
+            "number of operators per step, whatever the depth; pdp_hf.fused) or group by group: 'auto' (at once on "
+            "GPUs and other accelerators, where each operator is a kernel launch; group by group on the CPU, where "
+            "stacking the matrices costs more memory traffic than the operators it saves), 'on' or 'off'. Same "
+            "values bit for bit in fp32; docs/performance.md."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._check_choice("method", self.method, tuple(METHODS))
@@ -215,6 +226,7 @@ class PDPConfig(ConfigIO):
         self._check_choice("sparsity_distribution", self.sparsity_distribution, SPARSITY_DISTRIBUTIONS)
         self._check_choice("sparsity_schedule", self.sparsity_schedule, SPARSITY_SCHEDULES)
         self._check_choice("mask_kernel", self.mask_kernel, MASK_KERNELS)
+        self._check_choice("fused_masks", self.fused_masks, FUSED_MASKS)
         self._check_method_settings()
         self._check_targets()
         if isinstance(self.threshold_refresh_steps, bool) or not isinstance(self.threshold_refresh_steps, int) or self.threshold_refresh_steps < 1:

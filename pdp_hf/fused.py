@@ -302,10 +302,17 @@ def drop_fused(pruner) -> None:
         group._fused = None
 
 
-def fusing_allowed(model: torch.nn.Module) -> bool:
-    """Whether this forward of `model` may use the fused masks (see the module docstring)."""
+def fusing_allowed(model: torch.nn.Module, pruner) -> bool:
+    """Whether this forward of `model` uses the fused masks: `PDPConfig.fused_masks` ('auto': not on the CPU), and
+    a training forward with gradients, outside torch.compile and gradient checkpointing, by the pruner's own model
+    (see the module docstring)."""
+    setting = pruner.config.fused_masks
+    if setting == "off" or not pruner.modules:
+        return False
+    if setting == "auto" and next(iter(pruner.modules.values())).weight.device.type == "cpu":
+        return False
     return (model.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and not _checkpointing(model))
+            and not _checkpointing(model) and owns(pruner, model))
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:
@@ -320,7 +327,7 @@ def before_forward(model: torch.nn.Module, args) -> None:
     from .attached import get_pruner
 
     pruner = get_pruner(model)
-    if pruner is not None and fusing_allowed(model) and owns(pruner, model):
+    if pruner is not None and fusing_allowed(model, pruner):
         fuse_masks(pruner)
 
 

@@ -45,14 +45,14 @@ def test_kth_pairs_keep_the_nan_rule_of_the_direct_selection():
     assert second[0].isnan() and kth[1].item() == 0.25 and second[1].item() == 0.375
 
 
-def _train(method, granularity, distribution, fuse, monkeypatch, kernel="eager", layers=4, steps=10):
+def _train(method, granularity, distribution, fuse, kernel="eager", layers=4, steps=10):
     """Weights after `steps` AdamW steps through ramp (2..6), hardening (8) and fine-tuning, fused or not."""
-    monkeypatch.setattr(fused_module, "fusing_allowed", (lambda model: model.training) if fuse else (lambda model: False))
     model = tiny_bert(seed=3, layers=layers)
     nm = granularity == "2:4"
     config = PDPConfig(method=method, granularity="n:m" if nm else granularity, n_m="2:4", block_size=8,
                        sparsity_distribution=distribution, target_sparsity=None if nm else 0.5, pruning_start=2,
-                       pruning_end=6, harden_at=8, threshold_refresh_steps=3, mask_kernel=kernel)
+                       pruning_end=6, harden_at=8, threshold_refresh_steps=3, mask_kernel=kernel,
+                       fused_masks="on" if fuse else "off")
     pruner = get_pruner(apply_pruning(model, config))
     params = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
     optimizer = torch.optim.AdamW([{"params": params}, *pruner.optimizer_param_groups()], lr=1e-2)
@@ -79,16 +79,16 @@ def _train(method, granularity, distribution, fuse, monkeypatch, kernel="eager",
     ("smart", "attention=head,ffn=neuron", "learned"), ("pdp", "block", "uniform"), ("smart", "block", "global"),  # per group
     ("movement", "neuron", "learned"), ("magnitude", "head", "global"), ("pdp", "2:4", "uniform"),
 ])
-def test_fused_training_is_bit_identical_to_per_matrix(method, granularity, distribution, monkeypatch):
-    fused = _train(method, granularity, distribution, True, monkeypatch)
-    plain = _train(method, granularity, distribution, False, monkeypatch)
+def test_fused_training_is_bit_identical_to_per_matrix(method, granularity, distribution):
+    fused = _train(method, granularity, distribution, True)
+    plain = _train(method, granularity, distribution, False)
     for key, value in plain.items():  # bytes, so that even the sign of a zero counts
         assert value.numpy().tobytes() == fused[key].numpy().tobytes(), key
 
 
-def test_fused_compiled_kernels_equal_the_per_matrix_compiled_kernels(monkeypatch):
-    fused = _train("pdp", "unstructured", "uniform", True, monkeypatch, kernel="compiled", steps=8)
-    plain = _train("pdp", "unstructured", "uniform", False, monkeypatch, kernel="compiled", steps=8)
+def test_fused_compiled_kernels_equal_the_per_matrix_compiled_kernels():
+    fused = _train("pdp", "unstructured", "uniform", True, kernel="compiled", steps=8)
+    plain = _train("pdp", "unstructured", "uniform", False, kernel="compiled", steps=8)
     for key, value in plain.items():
         assert torch.equal(value, fused[key]), key
 
@@ -109,7 +109,7 @@ def test_extra_operators_per_step_do_not_grow_with_depth(method, phase, granular
 
 def test_fused_path_is_taken_and_dropped_after_the_forward():
     model = apply_pruning(tiny_bert(layers=3), PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=4,
-                                                         mask_kernel="eager"))
+                                                         mask_kernel="eager", fused_masks="on"))
     pruner = get_pruner(model)
     pruner.set_total_steps(8)
     pruner.step(2)
@@ -122,7 +122,7 @@ def test_fused_path_is_taken_and_dropped_after_the_forward():
 
 def test_stale_fused_weights_are_never_used_in_eval_or_after_a_weight_change():
     model = apply_pruning(tiny_bert(layers=2), PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=4,
-                                                         mask_kernel="eager"))
+                                                         mask_kernel="eager", fused_masks="on"))
     pruner = get_pruner(model)
     pruner.set_total_steps(8)
     pruner.step(2)
@@ -144,7 +144,7 @@ def test_stale_fused_weights_are_never_used_in_eval_or_after_a_weight_change():
 
 
 def test_gradient_checkpointing_and_copies_take_their_own_paths():
-    config = PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=4, mask_kernel="eager")
+    config = PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=4, mask_kernel="eager", fused_masks="on")
     data = text_dataset(8)
     batch = {"input_ids": torch.tensor(data["input_ids"]), "labels": torch.tensor(data["labels"])}
     grads = {}
@@ -162,7 +162,26 @@ def test_gradient_checkpointing_and_copies_take_their_own_paths():
         assert torch.equal(grad, grads[True][name]), name
     copied = copy.deepcopy(model)
     copied.activation_checkpointing_disable()
-    assert fused_module.owns(get_pruner(copied), copied) and not fused_module.owns(get_pruner(model), copied)
+    assert fused_module.fusing_allowed(copied, get_pruner(copied)) and not fused_module.fusing_allowed(model, get_pruner(model))
+    assert not fused_module.owns(get_pruner(model), copied)  # an nn.DataParallel replica is not its pruner's model
+
+
+def test_auto_fuses_off_the_cpu_only_and_off_never():
+    model = apply_pruning(tiny_bert(layers=2), PDPConfig(target_sparsity=0.5))
+    pruner = get_pruner(model)
+    model.train()
+    assert pruner.config.fused_masks == "auto" and not fused_module.fusing_allowed(model, pruner)  # the CPU
+    pruner.config.fused_masks = "on"
+    assert fused_module.fusing_allowed(model, pruner)
+    model.eval()
+    assert not fused_module.fusing_allowed(model, pruner)
+    model.train()
+    with torch.no_grad():
+        assert not fused_module.fusing_allowed(model, pruner)
+    pruner.config.fused_masks = "off"
+    assert not fused_module.fusing_allowed(model, pruner)
+    with pytest.raises(ValueError, match="fused_masks"):
+        PDPConfig(fused_masks="yes")
 
 
 def test_finalize_removes_the_hooks():

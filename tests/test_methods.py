@@ -9,7 +9,6 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, HfArgumentParser
 
 from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, finalize_pruning, get_pruner, sparsity_report
-from pdp_hf import fused as fused_module
 from pdp_hf.methods import METHODS
 from pdp_hf.methods.smart import SmartMethod
 from pdp_hf.schedules import PruningSchedule
@@ -398,11 +397,11 @@ def test_smart_learned_distribution_trains_to_the_exact_total_with_gradients_thr
 
 
 # -- movement ------------------------------------------------------------------------------------------------------
-def test_movement_scores_get_minus_w_times_the_weight_gradient_straight_through(monkeypatch):
-    # the per-matrix path, whose masked weights can be read (tests/test_fused.py: the fused path trains identically)
-    monkeypatch.setattr(fused_module, "fusing_allowed", lambda model: False)
+def test_movement_scores_get_minus_w_times_the_weight_gradient_straight_through():
+    # the per-group path, whose masked weights can be read (tests/test_fused.py: the fused path trains identically)
     torch.manual_seed(0)
-    config = PDPConfig(method="movement", target_sparsity=0.5, pruning_start=0, pruning_end=4, harden_at=None)
+    config = PDPConfig(method="movement", target_sparsity=0.5, pruning_start=0, pruning_end=4, harden_at=None,
+                       fused_masks="off")
     model = apply_pruning(tiny_bert(), config).train()
     pruner = get_pruner(model)
     pruner.set_total_steps(10)
