@@ -70,6 +70,31 @@ def shape_classes_of_groups(groups: list) -> list[list]:
     return list(classes.values())
 
 
+def fusable_classes(items: list, fits) -> tuple[list[tuple[list, list[int]]], list]:
+    """Split one step's (group, zeros) updates: (groups, their zeros) per signature class of at least two groups
+    that `fits(group, zeros)`, and the (group, zeros) left to update group by group."""
+    batched, single = {}, []
+    for group, zeros in items:
+        if fits(group, zeros):
+            batched[group] = zeros
+        else:
+            single.append((group, zeros))
+    classes = []
+    for same in shape_classes_of_groups(list(batched)):
+        zeros = [batched[g] for g in same]
+        if len(same) < 2:
+            single.extend(zip(same, zeros))
+        else:
+            classes.append((same, zeros))
+    return classes, single
+
+
+def masked_stack(weights: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Stacked weights times their masks, in the weights' dtype, one tensor per group."""
+    masked = weights * mask
+    return list((masked if masked.dtype == weights.dtype else masked.to(weights.dtype)).unbind(0))
+
+
 def member_stacks(groups: list, detach: bool = False) -> list[torch.Tensor]:
     """For each member position of same-signature groups, the members' weights stacked (M, rows, cols)."""
     return [torch.stack([g.members[j].module.weight.detach() if detach else g.members[j].module.weight for g in groups])

@@ -2,6 +2,7 @@
 """A SHA-256 of the final state_dict of tiny models trained with every method, granularity and distribution.
 
     python tools/weights_fingerprint.py > after.txt     # then diff against benchmarks/weights_fingerprint.txt
+    python tools/weights_fingerprint.py --fused_masks on > fused.txt    # the fused masks: the same hashes
 
 A change that claims not to alter behaviour (a refactor, a faster kernel path that must stay bit-identical in fp32 on
 the CPU) must leave every line unchanged. Each line trains a tiny BERT (or ViT) from a fixed seed for 16 optimizer
@@ -21,6 +22,8 @@ from transformers import BertConfig, BertForSequenceClassification, ViTConfig, V
 from pdp_hf import PDPConfig, apply_pruning, finalize_pruning, get_pruner
 
 STEPS = 16
+# `--fused_masks on`: the whole model's masks at once (pdp_hf.fused), which must give the same hashes as "off"
+FUSED_MASKS = sys.argv[sys.argv.index("--fused_masks") + 1] if "--fused_masks" in sys.argv else "auto"
 GRANULARITIES = {
     "unstructured": {},
     "2:4": {"granularity": "n:m", "n_m": "2:4"},
@@ -54,7 +57,7 @@ def fingerprint(kind: str, method: str, granularity: str, distribution: str) -> 
     model = tiny(kind)
     config = PDPConfig(method=method, sparsity_distribution=distribution, target_sparsity=None if granularity == "2:4"
                        else 0.5, pruning_start=2, pruning_end=8, harden_at=12, threshold_refresh_steps=3,
-                       mask_kernel="eager", **GRANULARITIES[granularity])
+                       mask_kernel="eager", fused_masks=FUSED_MASKS, **GRANULARITIES[granularity])
     apply_pruning(model, config)
     pruner = get_pruner(model)
     params = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]

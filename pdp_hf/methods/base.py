@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from ..fused import masked_stack
 from ..units import Member, UnitGroup
 
 
@@ -137,8 +138,9 @@ class MaskMethod:
 
     def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
         """The training-forward weights of same-shape single-matrix groups the method `fuses`, in a constant number
-        of operators; the same values and gradients as `train_weight` group by group."""
-        raise NotImplementedError
+        of operators; the same values and gradients as `train_weight` group by group. By default the stacked
+        weights times `train_unit_masks` (a weight is a unit)."""
+        return masked_stack(torch.stack([g.weight for g in groups]), self.train_unit_masks(groups, None))
 
     def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
         """The unit-level training masks (M, *unit_shape) of same-signature neuron/head groups the method

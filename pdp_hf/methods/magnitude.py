@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fused import FUSED_KINDS, broadcast_shape, restack, select_pairs, shape_classes_of_groups, unit_scores
+from ..fused import (
+    FUSED_KINDS,
+    broadcast_shape,
+    fusable_classes,
+    restack,
+    select_pairs,
+    unit_scores,
+)
 from ..kernels import KERNELS
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier, multiplier_dtype
@@ -58,16 +65,11 @@ class MagnitudeMethod(MaskMethod):
     @torch.no_grad()
     def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
         # Groups of one signature (pdp_hf.fused): every cut from one selection, every mask from one pass.
-        batched, single = [], []
-        for group, zeros in items:
-            fits = group.kind in FUSED_KINDS and 0 < zeros < group.num_units
-            (batched if fits else single).append((group, zeros))
-        zeros_of = dict(batched)
-        for same in shape_classes_of_groups(list(zeros_of)):
-            zeros = [zeros_of[g] for g in same]
-            scores = unit_scores(same) if len(same) > 1 else None
+        classes, single = fusable_classes(items, lambda g, z: g.kind in FUSED_KINDS and 0 < z < g.num_units)
+        for same, zeros in classes:
+            scores = unit_scores(same)
             unstructured = same[0].kind == "unstructured"
-            pairs = None if scores is None else select_pairs(scores, zeros, exact, absolute=unstructured)
+            pairs = select_pairs(scores, zeros, exact, absolute=unstructured)
             if pairs is None:
                 single.extend(zip(same, zeros))
                 continue
@@ -83,11 +85,6 @@ class MagnitudeMethod(MaskMethod):
 
     def fuses(self, group: UnitGroup) -> bool:
         return group.kind in FUSED_KINDS
-
-    def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
-        stacked = torch.stack([g.weight for g in groups])
-        masked = stacked * restack([g.state["keep"] for g in groups])
-        return list((masked if masked.dtype == stacked.dtype else masked.to(stacked.dtype)).unbind(0))
 
     def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
         return restack([g.state["keep"] for g in groups])

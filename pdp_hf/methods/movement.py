@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fused import FUSED_KINDS, restack, select_pairs, shape_classes
+from ..fused import FUSED_KINDS, fusable_classes, restack, select_pairs
 from ..selection import sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier
 from .base import MaskMethod, check_positive, learned_hard_mask, relative_norms
@@ -81,25 +81,22 @@ class MovementMethod(MaskMethod):
 
     @torch.no_grad()
     def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
-        # Between exact refreshes, unstructured matrices of one shape: every sampled cut from one selection
+        # Between exact refreshes, groups of one signature: every sampled cut from one selection
         # (pdp_hf.fused); a matrix whose cut misses its budget (ties) takes the exact top-k on its own, as in update.
-        batched, single = [], []
-        for group, zeros in items:
-            fits = not exact and group.kind in FUSED_KINDS and 0 < zeros < group.num_units
-            (batched if fits else single).append((group, zeros))
-        for same_shape in shape_classes(batched, lambda item: item[0].score):
-            groups = [g for g, _ in same_shape]
-            scores = torch.stack([g.score.detach() for g in groups]) if len(groups) > 1 else None
-            pairs = None if scores is None else select_pairs(scores.float(), [z for _, z in same_shape], False, False)
+        classes, single = fusable_classes(
+            items, lambda g, z: not exact and g.kind in FUSED_KINDS and 0 < z < g.num_units)
+        for groups, zeros in classes:
+            scores = torch.stack([g.score.detach() for g in groups])
+            pairs = select_pairs(scores.float(), zeros, False, False)
             if pairs is None:
-                single.extend(same_shape)
+                single.extend(zip(groups, zeros))
                 continue
             keep = scores.float() > pairs[0].view(-1, *[1] * (scores.dim() - 1))
             kept = keep.view(len(groups), -1).sum(1).tolist()
             factors = multiplier(keep, groups[0].weight.dtype).unbind(0)
-            for (group, zeros), group_kept, factor in zip(same_shape, kept, factors):
-                if abs(group.num_units - zeros - group_kept) > _TIE_SLACK * group.num_units:
-                    single.append((group, zeros))
+            for group, group_zeros, group_kept, factor in zip(groups, zeros, kept, factors):
+                if abs(group.num_units - group_zeros - group_kept) > _TIE_SLACK * group.num_units:
+                    single.append((group, group_zeros))
                     continue
                 group.state.pop("eval_keep", None)
                 group.state["keep"] = factor
@@ -108,11 +105,6 @@ class MovementMethod(MaskMethod):
 
     def fuses(self, group: UnitGroup) -> bool:
         return group.kind in FUSED_KINDS
-
-    def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
-        weights = torch.stack([g.weight for g in groups])
-        masked = weights * self.train_unit_masks(groups, None)
-        return list((masked if masked.dtype == weights.dtype else masked.to(weights.dtype)).unbind(0))
 
     def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
         scores = torch.stack([g.score for g in groups])

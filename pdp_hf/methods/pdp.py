@@ -21,9 +21,9 @@ from ..fused import (
     FUSED_KINDS,
     FusedPDPMask,
     broadcast_shape,
+    fusable_classes,
     restack,
     select_pairs,
-    shape_classes_of_groups,
     unit_scores,
 )
 from ..kernels import KERNELS
@@ -153,14 +153,9 @@ class PDPMethod(MaskMethod):
     def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
         # Groups of one signature (pdp_hf.fused): every threshold from one selection along the rows, on |w| for
         # unstructured matrices, on the unit norms for tiles, neurons and heads.
-        batched, single = [], []
-        for group, zeros in items:
-            fits = group.kind in FUSED_KINDS and 0 < zeros < group.num_units
-            (batched if fits else single).append((group, zeros))
-        zeros_of = dict(batched)
-        for same in shape_classes_of_groups(list(zeros_of)):
-            zeros = [zeros_of[g] for g in same]
-            pairs = None if len(same) < 2 else select_pairs(unit_scores(same), zeros, exact)
+        classes, single = fusable_classes(items, lambda g, z: g.kind in FUSED_KINDS and 0 < z < g.num_units)
+        for same, zeros in classes:
+            pairs = select_pairs(unit_scores(same), zeros, exact)
             if pairs is None:
                 single.extend(zip(same, zeros))
                 continue

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fused import FUSED_KINDS, shape_classes
+from ..fused import FUSED_KINDS, fusable_classes
 from ..topk import _SoftTopK, soft_topk, solve_lambda
 from ..units import Member, UnitGroup
 from .base import MaskMethod, check_positive, learned_hard_mask, nm_selected_groups, relative_norms
@@ -115,17 +115,12 @@ class SmartMethod(MaskMethod):
 
     @torch.no_grad()
     def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
-        # Unstructured matrices of one shape: every lambda from one Newton iteration over the rows (pdp_hf.fused).
-        batched, single = [], []
-        for group, zeros in items:
-            (batched if self._fusable(group) and 0 < zeros < group.num_units else single).append((group, zeros))
-        for same_shape in shape_classes(batched, lambda item: item[0].score):  # rows of scores: any kind alike
-            if len(same_shape) < 2:
-                single.extend(same_shape)
-                continue
-            groups = [g for g, _ in same_shape]
+        # Groups of one signature (pdp_hf.fused): every lambda from one Newton iteration over the rows.
+        classes, single = fusable_classes(items, lambda g, z: self._fusable(g) and 0 < z < g.num_units)
+        for groups, zeros in classes:
             scores = torch.stack([g.score.detach() for g in groups]).view(len(groups), -1)
-            kept = torch.tensor([g.num_units - z for g, z in same_shape], dtype=torch.float32, device=scores.device)
+            kept = torch.tensor([g.num_units - z for g, z in zip(groups, zeros)], dtype=torch.float32,
+                                device=scores.device)
             previous = [g.state.get("lambda") for g in groups]
             init = None
             if any(lam is not None for lam in previous):  # a row without a warm start starts at its midpoint
@@ -144,11 +139,6 @@ class SmartMethod(MaskMethod):
 
     def fuses(self, group: UnitGroup) -> bool:
         return self._fusable(group) and "lambda" in group.state and not group.state.get("all_pruned")
-
-    def train_weights(self, groups: list[UnitGroup]) -> list[torch.Tensor]:
-        weights = torch.stack([g.weight for g in groups])
-        masked = weights * self.train_unit_masks(groups, None)
-        return list((masked if masked.dtype == weights.dtype else masked.to(weights.dtype)).unbind(0))
 
     def train_unit_masks(self, groups: list[UnitGroup], squared_norms) -> torch.Tensor:
         with torch.autocast(device_type=groups[0].weight.device.type, enabled=False):
