@@ -45,9 +45,9 @@ def test_kth_pairs_keep_the_nan_rule_of_the_direct_selection():
     assert second[0].isnan() and kth[1].item() == 0.25 and second[1].item() == 0.375
 
 
-def _train(method, granularity, distribution, fuse, kernel="eager", layers=4, steps=10):
+def _train(method, granularity, distribution, fuse, kernel="eager", layers=4, steps=10, dtype=torch.float32):
     """Weights after `steps` AdamW steps through ramp (2..6), hardening (8) and fine-tuning, fused or not."""
-    model = tiny_bert(seed=3, layers=layers)
+    model = tiny_bert(seed=3, layers=layers).to(dtype)
     nm = granularity == "2:4"
     config = PDPConfig(method=method, granularity="n:m" if nm else granularity, n_m="2:4", block_size=8,
                        sparsity_distribution=distribution, target_sparsity=None if nm else 0.5, pruning_start=2,
@@ -84,6 +84,15 @@ def test_fused_training_is_bit_identical_to_per_matrix(method, granularity, dist
     plain = _train(method, granularity, distribution, False)
     for key, value in plain.items():  # bytes, so that even the sign of a zero counts
         assert value.numpy().tobytes() == fused[key].numpy().tobytes(), key
+
+
+@pytest.mark.parametrize("method,granularity", [("pdp", "unstructured"), ("smart", "attention=head,ffn=neuron"),
+                                                ("movement", "attention=head,ffn=neuron")])
+def test_fused_training_of_a_bfloat16_model_is_bit_identical(method, granularity):
+    fused = _train(method, granularity, "uniform", True, dtype=torch.bfloat16)
+    plain = _train(method, granularity, "uniform", False, dtype=torch.bfloat16)
+    for key, value in plain.items():
+        assert value.view(torch.int16).numpy().tobytes() == fused[key].view(torch.int16).numpy().tobytes(), key
 
 
 def test_fused_compiled_kernels_equal_the_per_matrix_compiled_kernels():
