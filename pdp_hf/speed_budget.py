@@ -100,6 +100,7 @@ def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: i
     finally:
         model.train(was_training)
     times = {key: statistics.median(values) for key, values in samples.items()}
+    _warn_if_noisy(samples, times)
     dense = times["dense"]
     totals = {kind: sum(g.num_units - 1 for g in groups if g.kind == kind) for kind in kinds}
     # a timing too noisy to see a cut still prices the unit above zero
@@ -107,6 +108,25 @@ def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: i
     removable = max(dense - times["floor"], 0.01 * dense)
     scale = removable / sum(prices[k] * totals[k] for k in kinds)
     return _broadcast({"dense": dense, **{k: prices[k] * scale for k in kinds}})
+
+
+# Spread (max - min over the median) of one variant's timings above which the prices are not to be trusted
+NOISY_SPREAD = 0.25
+
+
+def _warn_if_noisy(samples: dict[str, list[float]], times: dict[str, float]) -> None:
+    """Say so when the device was busy while pricing: the prices of heads and neurons are differences of forward
+    times, and another job on the device can change them enough to give other budgets (a run asked for 3x on this
+    project's 2-core CPU under load kept 1 head per layer and measured 10x)."""
+    spread = {key: (max(values) - min(values)) / times[key] for key, values in samples.items() if times[key] > 0}
+    worst = max(spread, key=spread.get, default=None)
+    if worst is not None and spread[worst] > NOISY_SPREAD:
+        values = samples[worst]
+        logger.warning(
+            "pdp_hf: the timings that price target_speedup were noisy: the %s forward took %.1f to %.1f ms over %d "
+            "rounds. Budgets priced on a busy device can miss the target by far. Price on an idle device, and check "
+            "the export with `pdp-hf speed` against the predicted speedup in its card.", worst, 1000 * min(values),
+            1000 * max(values), len(values))
 
 
 def _broadcast(costs: dict[str, float]) -> dict[str, float]:

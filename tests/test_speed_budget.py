@@ -2,6 +2,7 @@
 and structured granularity on a tiny BERT with fixed prices, a clear error for a target out of reach, the same
 budgets after resume and on every rank. Prices come from timings, so tests fix them (timings are never asserted)."""
 
+import logging
 import os
 import random
 
@@ -186,6 +187,28 @@ def test_measured_prices_are_positive_and_calibrated_to_the_floor():
     costs = sb.measure_unit_costs(model, groups, batch=2, seq=8, rounds=2)
     assert set(costs) == {"dense", "head", "neuron"} and all(v > 0 for v in costs.values())
     assert 1 < sb.best_reachable(costs, groups) < float("inf")
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_pricing_on_a_busy_device_says_so(busy, monkeypatch, caplog):
+    from pdp_hf.targets import find_targets
+    from pdp_hf.units import build_unit_groups
+
+    model = tiny_bert()
+    groups = build_unit_groups(model, find_targets(model, None),
+                               PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5))
+    calls = iter(range(1000))
+    base = {0: 1.0, 1: 0.8, 2: 0.9, 3: 0.5}  # dense, half the heads, half the neurons, the floor (in turns)
+
+    def timed(variant, inputs, rounds):
+        index = next(calls)
+        jitter = 1.6 if busy and index % 9 == 4 else 1.0  # another job took the device for one of the timings
+        return base[index % 4] * jitter
+
+    monkeypatch.setattr(sb, "_median_forward_seconds", timed)
+    with caplog.at_level(logging.WARNING, logger="pdp_hf.speed_budget"):
+        sb.measure_unit_costs(model, groups, batch=2, seq=8, rounds=5)
+    assert ("were noisy" in caplog.text) == busy
 
 
 def test_the_export_card_states_the_target_and_the_predicted_speedup(fixed_prices, tmp_path):
