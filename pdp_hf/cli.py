@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = getattr(args, "path", None) or getattr(args, "checkpoint", None)
     try:
         check_model_folder(folder)  # one line and exit code 2, not a Hub request and a traceback
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"pdp-hf {args.command}: error: {err}", file=sys.stderr)
         return 2
     return args.func(args)

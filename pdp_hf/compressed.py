@@ -76,11 +76,35 @@ def check_model_folder(directory) -> None:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"{path} is a folder without config.json: not a model export or checkpoint. Give "
                                     "the folder that export_pruned (or a Trainer checkpoint) wrote.")
+        for name in sorted(os.listdir(path)):
+            if name.endswith(".safetensors"):
+                check_safetensors(os.path.join(path, name))
         return
     looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path) or path.count("/") != 1
     if looks_local:
         raise FileNotFoundError(f"{path} does not exist{' (it is a file, not a folder)' if os.path.isfile(path) else ''}; "
                                 "give the folder of an export or checkpoint, or a Hub id 'org/name'.")
+
+
+def check_safetensors(path: str) -> None:
+    """Refuse, with the file's name, a safetensors file that is truncated, padded or not safetensors at all (its
+    header is read, not its tensors): the loader's own error names neither the file nor the cause."""
+    size = os.path.getsize(path)
+    fix = "Export it again, or download it again."
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else None
+        if length is None or length > size - 8:
+            raise ValueError(f"{path} is truncated or not a safetensors file: {size} bytes, too few for its header. {fix}")
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            raise ValueError(f"{path} is not a safetensors file: its header does not parse ({err}). {fix}") from None
+    if 8 + length + end != size:
+        state = "truncated" if 8 + length + end > size else "longer than its header says"
+        raise ValueError(f"{path} is {state}: its header describes {end} bytes of tensors, the file holds "
+                         f"{size - 8 - length}. {fix}")
 
 
 def load_pruned(directory: str, model_class=None, optimize: bool | str = False, **kwargs) -> nn.Module:

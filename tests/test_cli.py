@@ -194,3 +194,30 @@ def test_a_missing_path_or_a_folder_without_a_model_is_one_line_and_exit_code_2(
         load_pruned(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_pruned("./no-such-export")
+
+
+def test_a_truncated_or_tampered_safetensors_file_is_refused_with_its_name(tmp_path, capsys):
+    from pdp_hf import load_pruned
+
+    good = tmp_path / "good"
+    tiny_bert().save_pretrained(good)
+    weights = (good / "model.safetensors").read_bytes()
+    load_pruned(good)  # as saved: loads
+    capsys.readouterr()  # the save's progress bar
+    cases = {
+        "truncated": (weights[: len(weights) - 100], "is truncated"),
+        "header-cut": (weights[:20], "too few for its header"),
+        "padded": (weights + b"\0" * 16, "longer than its header says"),
+        "not-json": (weights[:8] + b"{" * (len(weights) - 8), "header does not parse"),
+    }
+    for name, (data, says) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_bytes((good / "config.json").read_bytes())
+        (folder / "model.safetensors").write_bytes(data)
+        with pytest.raises(ValueError, match=says) as err:
+            load_pruned(folder)
+        assert str(folder / "model.safetensors") in str(err.value)
+        assert main(["report", str(folder)]) == 2
+        out = capsys.readouterr().err
+        assert out.count("\n") == 1 and says in out and "Traceback" not in out
