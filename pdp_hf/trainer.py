@@ -141,6 +141,7 @@ class PrunerTrainer(Trainer):
             return
         if get_pruner(teacher) is not None:
             raise ValueError("The teacher carries pruning masks; pass the dense model as teacher_model.")
+        _check_same_labels(getattr(teacher, "config", None), getattr(self.model, "config", None))
         teacher.to(self.args.device).eval().requires_grad_(False)
         # Both loss terms are per-micro-batch means, so Trainer must divide by the accumulation steps.
         self.loss_is_scaled_for_ga = False
@@ -233,3 +234,25 @@ class PrunerTrainer(Trainer):
             output_dir = export_pruned(self.model, output_dir, self.processing_class, **kwargs)
         self.accelerator.wait_for_everyone()
         return os.path.abspath(output_dir)
+
+
+def _check_same_labels(teacher, student) -> None:
+    """Distillation matches output i of the teacher with output i of the student: refuse a teacher with another
+    number of outputs, or with other label names in that order (where both configs name their labels)."""
+    if teacher is None or student is None:
+        return
+    if teacher.num_labels != student.num_labels:
+        raise ValueError(
+            f"The teacher has {teacher.num_labels} outputs and the student {student.num_labels}: distillation compares "
+            "them output by output. Use a teacher fine-tuned on the student's task (the same labels).")
+
+    def names(config) -> dict[int, str] | None:
+        labels = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+        return None if all(v == f"LABEL_{k}" for k, v in labels.items()) else labels  # Transformers' defaults
+
+    teacher_names, student_names = names(teacher), names(student)
+    if teacher_names is not None and student_names is not None and teacher_names != student_names:
+        raise ValueError(
+            f"The teacher's labels {teacher_names} are not the student's {student_names}: distillation would teach each "
+            "class from the teacher's class at the same index. Give the student the teacher's id2label/label2id, or "
+            "use a teacher trained with the student's label order.")

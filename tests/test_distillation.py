@@ -63,3 +63,27 @@ def test_trainer_combines_losses_and_leaves_teacher_untouched(make_args):
 def test_bad_distillation_arguments(kwargs, match, make_args):
     with pytest.raises(ValueError, match=match):
         PrunerTrainer(model=tiny_bert(), args=make_args(), pdp_config=PDPConfig(), teacher_model=tiny_bert(seed=3), **kwargs)
+
+
+def test_a_teacher_with_other_labels_is_refused(make_args):
+    def bert(num_labels=2, id2label=None, seed=3):
+        model = tiny_bert(seed=seed)
+        if num_labels != 2:
+            from transformers import BertForSequenceClassification
+
+            model = BertForSequenceClassification(model.config.__class__(**{**model.config.to_dict(),
+                                                                              "num_labels": num_labels}))
+        if id2label is not None:
+            model.config.id2label = id2label
+            model.config.label2id = {v: k for k, v in id2label.items()}
+        return model
+
+    def trainer(teacher, student):
+        return PrunerTrainer(model=student, args=make_args(), pdp_config=PDPConfig(), teacher_model=teacher)
+
+    with pytest.raises(ValueError, match="teacher has 3 outputs and the student 2"):
+        trainer(bert(num_labels=3), bert(seed=0))
+    with pytest.raises(ValueError, match="not the student's"):
+        trainer(bert(id2label={0: "positive", 1: "negative"}), bert(seed=0, id2label={0: "negative", 1: "positive"}))
+    trainer(bert(id2label={0: "negative", 1: "positive"}), bert(seed=0, id2label={0: "negative", 1: "positive"}))
+    trainer(bert(id2label={0: "negative", 1: "positive"}), bert(seed=0))  # default names: nothing to compare
