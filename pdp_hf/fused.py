@@ -30,16 +30,16 @@ from .kernels import KERNELS
 from .selection import SAMPLE_SIZE, _sample_index
 
 
-def class_key(tensor: torch.Tensor) -> tuple:
-    return tuple(tensor.shape), tensor.dtype, tensor.device
-
-
-def shape_classes(items: list, tensor_of) -> list[list]:
-    """`items` split by the (shape, dtype, device) of `tensor_of(item)`, each class in the items' order."""
+def classes_by(items: list, key) -> list[list]:
+    """`items` split by `key(item)`, each class in the items' order."""
     classes: dict[tuple, list] = {}
     for item in items:
-        classes.setdefault(class_key(tensor_of(item)), []).append(item)
+        classes.setdefault(key(item), []).append(item)
     return list(classes.values())
+
+
+def tensor_class(tensor: torch.Tensor) -> tuple:
+    return tuple(tensor.shape), tensor.dtype, tensor.device
 
 
 # N:M and block groups keep the per-group path (block's fused form summed its tiles' mask gradients in another
@@ -52,7 +52,7 @@ def unit_scores(groups: list) -> torch.Tensor:
     """`UnitGroup.scores()` of same-signature groups at once: |w| of unstructured matrices (M, rows, cols), the
     unit norms of neurons and heads (M, units)."""
     if groups[0].kind == "unstructured":
-        return stack_detached(groups)
+        return member_stacks(groups, detach=True)[0]
     return stacked_squared_norms(groups, member_stacks(groups, detach=True)).sqrt()
 
 
@@ -61,13 +61,6 @@ def signature(group) -> tuple:
     group per layer for `neuron`, so the FFNs of all layers form one class)."""
     members = tuple((tuple(m.module.weight.shape), m.axis, m.width, m.module.bias is not None) for m in group.members)
     return group.kind, group.block_size, members, group.weight.dtype, group.weight.device
-
-
-def shape_classes_of_groups(groups: list) -> list[list]:
-    classes: dict[tuple, list] = {}
-    for group in groups:
-        classes.setdefault(signature(group), []).append(group)
-    return list(classes.values())
 
 
 def fusable_classes(items: list, fits) -> tuple[list[tuple[list, list[int]]], list]:
@@ -80,7 +73,7 @@ def fusable_classes(items: list, fits) -> tuple[list[tuple[list, list[int]]], li
         else:
             single.append((group, zeros))
     classes = []
-    for same in shape_classes_of_groups(list(batched)):
+    for same in classes_by(list(batched), signature):
         zeros = [batched[g] for g in same]
         if len(same) < 2:
             single.extend(zip(same, zeros))
@@ -171,11 +164,6 @@ def kth_pairs(rows: torch.Tensor, ks: list[int]) -> tuple[torch.Tensor, torch.Te
     above = torch.where((rows > kth) | rows.isnan(), rows, float("inf")).amin(dim=1, keepdim=True)
     second = torch.where((rows <= kth).sum(dim=1, keepdim=True) > k, kth, above)
     return kth.view(-1), second.view(-1)
-
-
-def stack_detached(groups: list) -> torch.Tensor:
-    """The weights of same-shape single-matrix groups as one detached stack (M, rows, cols)."""
-    return torch.stack([g.weight.detach() for g in groups])
 
 
 @torch.no_grad()
@@ -275,7 +263,7 @@ def fuse_masks(pruner) -> None:
                 hardened.append(group)
         elif (group.zeros or pruner.method.masks_before_pruning) and pruner.method.fuses(group):
             soft.append(group)
-    for same in shape_classes_of_groups(soft):
+    for same in classes_by(soft, signature):
         if len(same) < 2:
             continue  # the per-group path is as cheap
         if same[0].kind == "unstructured":
@@ -286,8 +274,7 @@ def fuse_masks(pruner) -> None:
         stacks = member_stacks(same)
         mask = pruner.method.train_unit_masks(same, functools.partial(stacked_squared_norms, same, stacks))
         for group, masked in zip(same, apply_unit_masks(same, stacks, mask)):
-            group._fused = {name: (weight, bias, group.module_of(name).weight._version)
-                            for name, (weight, bias) in masked.items()}
+            group._fused = {m.name: (*masked[m.name], m.module.weight._version) for m in group.members}
     if hardened:
         _fuse_hardened(pruner, hardened)
 
@@ -301,7 +288,7 @@ def _fuse_hardened(pruner, groups: list) -> None:
             entries.append((group, member, 0, module.weight, weight_keep.expand_as(module.weight)))
             if bias_keep is not None and module.bias is not None:
                 entries.append((group, member, 1, module.bias, bias_keep.expand_as(module.bias)))
-    classes = shape_classes([e for e in entries if e[3].requires_grad], lambda e: e[3])
+    classes = classes_by([e for e in entries if e[3].requires_grad], lambda e: tensor_class(e[3]))
     if not classes:
         return
     keeps = []
@@ -327,16 +314,20 @@ def drop_fused(pruner) -> None:
         group._fused = None
 
 
-def fusing_allowed(model: torch.nn.Module, pruner) -> bool:
-    """Whether this forward of `model` uses the fused masks: `PDPConfig.fused_masks` ('auto': not on the CPU), and
-    a training forward with gradients, outside torch.compile and gradient checkpointing, by the pruner's own model
-    (see the module docstring)."""
+def fusing_enabled(pruner) -> bool:
+    """`PDPConfig.fused_masks` for the device the targeted weights are on ('auto': not on the CPU). It decides both
+    halves of a step: the selection (`Pruner.step`) and the masks (`before_forward`)."""
     setting = pruner.config.fused_masks
     if setting == "off" or not pruner.modules:
         return False
-    if setting == "auto" and next(iter(pruner.modules.values())).weight.device.type == "cpu":
-        return False
-    return (model.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    return setting == "on" or next(iter(pruner.modules.values())).weight.device.type != "cpu"
+
+
+def fusing_allowed(model: torch.nn.Module, pruner) -> bool:
+    """Whether this forward of `model` uses the fused masks: `fusing_enabled`, and a training forward with
+    gradients, outside torch.compile and gradient checkpointing, by the pruner's own model (see the module
+    docstring)."""
+    return (fusing_enabled(pruner) and model.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and not _checkpointing(model) and owns(pruner, model))
 
 

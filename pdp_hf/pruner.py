@@ -14,6 +14,7 @@ from torch import nn
 
 from .checkpoint import load_state, save_state
 from .config import PDPConfig
+from .fused import fusing_enabled
 from .methods import MaskMethod
 from .methods.base import relative_norms
 from .schedules import PruningSchedule, zeros_at
@@ -105,7 +106,11 @@ class Pruner:
                 # a method that masks while nothing is pruned must hear of a budget that fell to 0 (the learned
                 # distribution re-ranks layers), or its last mask would go on pruning that layer in training
                 updates.append((group, zeros))
-        self.method.update_many(updates, exact)
+        if fusing_enabled(self):  # the selections of same-shape groups at once (pdp_hf.fused)
+            self.method.update_many(updates, exact)
+        else:
+            for group, zeros in updates:
+                self.method.update(group, zeros, exact)
         pruning = [g for g in self.groups if g.zeros]
         if pruning:
             self.method.end_update(pruning)

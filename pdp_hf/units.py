@@ -96,9 +96,6 @@ class UnitGroup:
         self._forward_cache = (value, len(self.members) - 1, versions) if len(self.members) > 1 else None
         return value
 
-    def module_of(self, member_name: str) -> nn.Linear:
-        return next(m.module for m in self.members if m.name == member_name)
-
     # -- shape ----------------------------------------------------------------------------------------------------
     @property
     def weight(self) -> torch.Tensor:

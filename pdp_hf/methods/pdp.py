@@ -152,7 +152,7 @@ class PDPMethod(MaskMethod):
     @torch.no_grad()
     def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
         # Groups of one signature (pdp_hf.fused): every threshold from one selection along the rows, on |w| for
-        # unstructured matrices, on the unit norms for tiles, neurons and heads.
+        # unstructured matrices, on the unit norms for neurons and heads.
         classes, single = fusable_classes(items, lambda g, z: g.kind in FUSED_KINDS and 0 < z < g.num_units)
         for same, zeros in classes:
             pairs = select_pairs(unit_scores(same), zeros, exact)
