@@ -171,8 +171,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_one(name: str, argv: list[str], out: str) -> bool:
-    """Train one run in a child process; True when its result file was written."""
+def run_one(name: str, argv: list[str], out: str, started=None) -> bool:
+    """Train one run in a child process; True when its result file was written. `started(child)` is called once the
+    child runs (the frontier holds its quiet lock over the child's first minutes)."""
     tmp = os.path.join(out, name + ".json.tmp")
     record = {"argv": argv, "commit": git_commit()}
     final = os.path.join(out, name + ".json")
@@ -180,7 +181,10 @@ def run_one(name: str, argv: list[str], out: str) -> bool:
         f"import json, os, sys; sys.path.insert(0, {SCRIPTS!r}); import demo; r = demo.main({argv!r}); "
         f"json.dump({{**r, **{record!r}}}, open({tmp!r}, 'w'), indent=2); os.replace({tmp!r}, {final!r})"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    if started is not None:
+        started(child)
+    done = child.wait() == 0
     if not done:
         print(f"compare: {name} failed (see its log above); continuing", flush=True)
     return done
