@@ -41,6 +41,8 @@ def save_state(pruner, directory: str) -> None:
         "modules": json.dumps(list(pruner.modules)),
         "groups": json.dumps({g.name: g.describe() for g in pruner.groups}),
         "unit_costs": json.dumps(pruner.unit_costs),
+        # the config this state belongs to: a state file copied next to another run's config is refused on load
+        "config": json.dumps(_fingerprinted(pruner.config), sort_keys=True),
     }
     os.makedirs(directory, exist_ok=True)
     # never rewritten in place: a save that dies midway leaves the previous state readable
@@ -57,19 +59,15 @@ def load_state(pruner, directory: str) -> None:
         raise FileNotFoundError(
             f"{directory} has no {STATE_NAME}: it was not written by PrunerTrainer, so its pruning state is unknown."
         )
-    saved = PDPConfig.from_pretrained(directory)
-    diff = {
-        k: (v, getattr(pruner.config, k))
-        for k, v in saved.to_dict().items()
-        if getattr(pruner.config, k) != v and k not in RUNTIME_FIELDS
-    }
-    if diff:
-        raise ValueError(
-            f"Checkpoint {directory} was made with another PDPConfig; differing fields (checkpoint, now): {diff}. "
-            "Resume with the checkpoint's config (PDPConfig.from_pretrained(checkpoint_dir))."
-        )
+    _check_same_config(_fingerprinted(PDPConfig.from_pretrained(directory)), pruner.config,
+                       f"Checkpoint {directory} was made with another PDPConfig",
+                       "Resume with the checkpoint's config (PDPConfig.from_pretrained(checkpoint_dir)).")
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
+        if "config" in meta:  # written since 0.4: the state names its own config
+            _check_same_config(json.loads(meta["config"]), pruner.config,
+                               f"{path} belongs to another run than {directory}/pruning_config.json and this run",
+                               "Use the pruning_state.safetensors written with this checkpoint.")
         if json.loads(meta.get("modules", "[]")) != list(pruner.modules):
             raise ValueError(f"Checkpoint {directory} prunes other modules than this model's targets.")
         groups = json.loads(meta["groups"]) if "groups" in meta else None
@@ -81,18 +79,23 @@ def load_state(pruner, directory: str) -> None:
                 raise ValueError(f"Checkpoint {directory} has no unit costs, but its config sets target_speedup.")
             pruner.unit_costs = {k: float(v) for k, v in costs.items()}
         budgets = json.loads(meta.get("budgets", "null"))
-        pruner.budgets = None if budgets is None else {k: int(v) for k, v in budgets.items()}
+        pruner.budgets = None if budgets is None else _checked_budgets(pruner, budgets, path)
         pruner.hardened = json.loads(meta.get("hardened", "false"))
+        if pruner.hardened and pruner.budgets is None:
+            raise ValueError(f"{path} says its masks are hardened but holds no budgets: it is damaged.")
         for group in pruner.groups:
             group.state.clear()  # nothing from an earlier run in this process may survive
             group._forward_cache = None
             if pruner.hardened:
+                if f"mask.{group.name}" not in f.keys():
+                    raise ValueError(f"{path} says its masks are hardened but has no mask for {group.name}.")
                 mask = f.get_tensor(f"mask.{group.name}")
                 if tuple(mask.shape) != tuple(group.unit_shape):
                     raise ValueError(
                         f"Checkpoint {directory}: the mask of {group.name} has shape {tuple(mask.shape)}, but this "
                         f"model's {group.describe()} units have shape {tuple(group.unit_shape)}."
                     )
+                _check_mask_counts(group, mask, pruner.budgets[group.name], path)
                 group.hard_mask = mask.to(group.weight.device)
                 group.zeros = pruner.budgets[group.name]
             else:
@@ -103,6 +106,77 @@ def load_state(pruner, directory: str) -> None:
             group.keeps_zeros, group._keep_factors = False, None  # Pruner.set_optimizer (train begin) sets it again
     if pruner.score_parameters():
         _load_scores(pruner, directory)
+
+
+def _fingerprinted(config: PDPConfig) -> dict:
+    """The fields that decide what is pruned (not how fast it runs): what a state and its run must agree on."""
+    return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}))
+
+
+def _check_same_config(saved: dict, config: PDPConfig, what: str, fix: str) -> None:
+    now = _fingerprinted(config)
+    diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k) and k != "pdp_hf_version"}
+    if diff:
+        raise ValueError(f"{what}; differing fields (checkpoint, now): {diff}. {fix}")
+
+
+def _checked_budgets(pruner, budgets: dict, path: str) -> dict[str, int]:
+    """The saved per-group budgets, refused unless they are what this config gives: the same groups, each within its
+    units, the uniform counts (or the speed target's, from the saved prices) exactly, the global totals per pool."""
+    names = [g.name for g in pruner.groups]
+    if not isinstance(budgets, dict) or sorted(budgets) != sorted(names):
+        raise ValueError(f"{path}: its budgets are for other unit groups than this model's.")
+    for group in pruner.groups:
+        value = budgets[group.name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= group.num_units:
+            raise ValueError(f"{path}: the budget of {group.name} is {value!r}, not a count of its {group.num_units} units.")
+    config = pruner.config
+    if config.sparsity_distribution == "uniform" or any(g.kind == "n:m" for g in pruner.groups):
+        expected = pruner.compute_budgets() if config.sparsity_distribution == "uniform" else {
+            g.name: g.num_units for g in pruner.groups if g.kind == "n:m"}
+        wrong = {n: (budgets[n], e) for n, e in expected.items() if budgets[n] != e}
+        if wrong:
+            name, (saved, want) = next(iter(wrong.items()))
+            raise ValueError(
+                f"{path}: its budgets are not this config's ({len(wrong)} groups differ; {name} prunes {saved} units, "
+                f"this config {want}). The state belongs to another run, or it was changed."
+            )
+    if config.sparsity_distribution != "uniform" and config.target_speedup is not None:
+        from .speed_budget import predicted_speedup
+
+        pruned: dict[str, int] = {}
+        for g in pruner.groups:
+            pruned[g.kind] = pruned.get(g.kind, 0) + budgets[g.name]
+        full = [g.name for g in pruner.groups if budgets[g.name] >= g.num_units]
+        if full or predicted_speedup(pruner.unit_costs, pruned) < config.target_speedup:
+            raise ValueError(f"{path}: its budgets do not give target_speedup {config.target_speedup} with the saved "
+                             f"prices{' (' + full[0] + ' keeps no unit)' if full else ''}. The state belongs to another "
+                             "run, or it was changed.")
+    elif config.sparsity_distribution != "uniform":
+        for pool in dict.fromkeys(g.pool for g in pruner.groups if g.kind != "n:m"):
+            pooled = [g for g in pruner.groups if g.pool == pool]
+            want = int(round(config.target_sparsity * sum(g.num_units for g in pooled)))
+            have = sum(budgets[g.name] for g in pooled)
+            if have != want:
+                raise ValueError(f"{path}: its {pool} budgets prune {have} units in all; target_sparsity "
+                                 f"{config.target_sparsity} prunes {want}. The state belongs to another run, or it was changed.")
+    return dict(budgets)
+
+
+def _check_mask_counts(group, mask: torch.Tensor, budget: int, path: str) -> None:
+    """A hardened mask must be boolean and prune exactly its budget (N:M: N kept in every group of M): a mask changed
+    by hand would otherwise be trusted by finalize while the stats report the budget."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{path}: the mask of {group.name} is {mask.dtype}, not bool: it was not written by pdp_hf.")
+    if group.kind == "n:m":
+        if not bool((mask.sum(-1) == group.n).all()):
+            raise ValueError(f"{path}: the mask of {group.name} does not keep {group.n} of every {group.m} weights.")
+        return
+    pruned = int((~mask).sum())
+    if pruned != budget:
+        raise ValueError(f"{path}: the mask of {group.name} prunes {pruned} units, its budget says {budget}. "
+                         "The state was changed or is damaged.")
 
 
 def _load_scores(pruner, directory: str) -> None:

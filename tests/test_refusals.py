@@ -1,0 +1,167 @@
+"""Every refusal of a bad input, as one table: the case, what is done, and the message it must give.
+
+Each row builds its input from scratch on a tiny model (no training), does the one thing a user would do, and checks
+that pdp_hf refuses it with a message naming the input (file, field or module) and the cause. Rows that must fail
+on the code before the refusal existed are marked in their id with the class of the issue they close.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from pdp_hf import PDPConfig, apply_pruning, get_pruner
+from tests.conftest import tiny_bert
+
+STATE = "pruning_state.safetensors"
+SCHEDULE = dict(pruning_start=2, pruning_end=4, harden_at=6)
+
+
+def _config(**fields) -> PDPConfig:
+    budget = {} if "target_speedup" in fields else {"target_sparsity": 0.5}
+    return PDPConfig(**{**budget, **SCHEDULE, **fields})
+
+
+def _saved(directory, step: int, **config) -> str:
+    """A pruning state saved at optimizer step `step` of 10 (mid-ramp at 3, hardened from 6) into `directory`."""
+    pruner = get_pruner(apply_pruning(tiny_bert(), _config(**config)))
+    pruner.set_total_steps(10)
+    pruner.step(step)
+    pruner.save_state(str(directory))
+    return str(directory)
+
+
+def _resume(directory: str, **config):
+    pruner = get_pruner(apply_pruning(tiny_bert(), _config(**config)))
+    pruner.load_state(directory)
+    return pruner
+
+
+def _rewrite_state(directory: str, tensors=None, metadata=None) -> None:
+    """Change a saved state as a hand edit or another tool would: tensors and metadata entries replaced."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = os.path.join(directory, STATE)
+    with safe_open(path, framework="pt") as f:
+        held = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    held.update(tensors(held) if tensors else {})
+    meta.update(metadata or {})
+    save_file(held, path, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def state_of_another_run(tmp):
+    """Silently wrong before: a state file copied from a run at 0.8 into a checkpoint of a run at 0.5."""
+    ours, theirs = _saved(tmp / "ours", 3), _saved(tmp / "theirs", 3, target_sparsity=0.8)
+    shutil.copy(os.path.join(theirs, STATE), os.path.join(ours, STATE))
+    return lambda: _resume(ours)
+
+
+def old_state_with_other_budgets(tmp):
+    """A state without its config (pdp_hf 0.3) whose budgets are another sparsity's."""
+    ours = _saved(tmp / "ours", 3)
+    budgets = {name: 3 * n // 4 for name, n in json.loads(_meta(ours)["budgets"]).items()}
+    _rewrite_state(ours, metadata={"config": None, "budgets": json.dumps(budgets)})
+    return lambda: _resume(ours)
+
+
+def budgets_out_of_range(tmp):
+    ours = _saved(tmp / "ours", 3, sparsity_distribution="global")
+    budgets = json.loads(_meta(ours)["budgets"])
+    first = next(iter(budgets))
+    budgets[first] = 10 ** 9
+    _rewrite_state(ours, metadata={"budgets": json.dumps(budgets)})
+    return lambda: _resume(ours, sparsity_distribution="global")
+
+
+def global_budgets_moved(tmp):
+    """Units moved from one layer to another keep each count in range but change the total."""
+    ours = _saved(tmp / "ours", 3, sparsity_distribution="global")
+    budgets = json.loads(_meta(ours)["budgets"])
+    first = next(iter(budgets))
+    budgets[first] -= 1
+    _rewrite_state(ours, metadata={"budgets": json.dumps(budgets)})
+    return lambda: _resume(ours, sparsity_distribution="global")
+
+
+SPEED = dict(target_speedup=1.2, granularity="attention=head,ffn=neuron", sparsity_distribution="global")
+
+
+@pytest.fixture(autouse=True)
+def fixed_prices(monkeypatch):
+    """Prices of heads and neurons that do not depend on how busy this machine is."""
+    prices = {"dense": 1.0, "head": 0.06, "neuron": 0.003}
+    monkeypatch.setattr("pdp_hf.injection.measure_unit_costs", lambda model, groups, batch, seq, rounds=5: dict(prices))
+
+
+def speed_budgets_emptied(tmp):
+    """Budgets by speed (global) that no longer reach the target with the saved prices."""
+    ours = _saved(tmp / "ours", 3, **SPEED)
+    budgets = {name: 0 for name in json.loads(_meta(ours)["budgets"])}
+    _rewrite_state(ours, metadata={"budgets": json.dumps(budgets)})
+    return lambda: _resume(ours, **SPEED)
+
+
+def hardened_mask_all_kept(tmp):
+    """Silently wrong before: stats said 0.5 while the finalized model came out dense."""
+    ours = _saved(tmp / "ours", 6)
+    _rewrite_state(ours, tensors=lambda held: {k: torch.ones_like(v) for k, v in held.items() if k.startswith("mask.")})
+    return lambda: _resume(ours)
+
+
+def hardened_mask_not_bool(tmp):
+    """A mask stored as 0/1 floats is not one pdp_hf wrote."""
+    ours = _saved(tmp / "ours", 6)
+    _rewrite_state(ours, tensors=lambda held: {k: v.float() for k, v in held.items() if k.startswith("mask.")})
+    return lambda: _resume(ours)
+
+
+def hardened_mask_missing(tmp):
+    ours = _saved(tmp / "ours", 6)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = os.path.join(ours, STATE)
+    with safe_open(path, framework="pt") as f:
+        held = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    held.pop(sorted(held)[0])
+    save_file(held, path, metadata=meta)
+    return lambda: _resume(ours)
+
+
+def _meta(directory: str) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(directory, STATE), framework="pt") as f:
+        return dict(f.metadata())
+
+
+# (case, builds the input and returns the action, the error, what the message must say)
+REFUSALS = [
+    (state_of_another_run, ValueError, r"pruning_state.safetensors belongs to another run.*target_sparsity.*\(0\.8, 0\.5\)"),
+    (old_state_with_other_budgets, ValueError, r"budgets are not this config's.*prunes 384 units, this config 512"),
+    (budgets_out_of_range, ValueError, r"the budget of .* is 1000000000, not a count of its \d+ units"),
+    (global_budgets_moved, ValueError, r"element budgets prune \d+ units in all; target_sparsity 0.5 prunes \d+"),
+    (speed_budgets_emptied, ValueError, r"its budgets do not give target_speedup 1.2 with the saved prices"),
+    (hardened_mask_all_kept, ValueError, r"the mask of .* prunes 0 units, its budget says \d+"),
+    (hardened_mask_not_bool, ValueError, r"the mask of .* is torch.float32, not bool"),
+    (hardened_mask_missing, ValueError, r"says its masks are hardened but has no mask for"),
+]
+
+
+@pytest.mark.parametrize("case, error, says", REFUSALS, ids=[case.__name__ for case, _, _ in REFUSALS])
+def test_refused_with_a_message_that_names_it(case, error, says, tmp_path):
+    action = case(tmp_path)
+    with pytest.raises(error, match=says):
+        action()
+
+
+def test_an_untouched_state_still_loads(tmp_path):
+    """The refusals above are not a refusal of everything: the same states, untouched, resume."""
+    for step, config in ((3, {}), (6, {}), (3, {"sparsity_distribution": "global"}), (3, SPEED), (6, SPEED)):
+        pruner = _resume(_saved(tmp_path / f"s{step}_{len(config)}", step, **config), **config)
+        assert pruner.budgets is not None and pruner.hardened == (step >= 6)
