@@ -183,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     folder = getattr(args, "path", None) or getattr(args, "checkpoint", None)
-    try:
-        check_model_folder(folder)  # one line and exit code 2, not a Hub request and a traceback
+    try:  # a refused input (missing folder, damaged or changed file): one line and exit code 2, not a traceback
+        check_model_folder(folder)
+        return args.func(args)
     except (FileNotFoundError, ValueError) as err:
         print(f"pdp-hf {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return args.func(args)
 
 
 if __name__ == "__main__":

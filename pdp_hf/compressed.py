@@ -6,7 +6,9 @@ the dense size. Loading rebuilds the dense tensors bit for bit. Nothing is pickl
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 
 import numpy as np
@@ -17,10 +19,19 @@ from .atomic import atomic_write, recover_folder
 
 COMPRESSED_WEIGHTS_NAME = "model.pdp-compressed.safetensors"
 _MASK, _VALUES = ".__pdp_bitmask", ".__pdp_values"
+logger = logging.getLogger(__name__)
+
+
+FORMAT = "bitmask-v2"  # v2 adds a SHA-256 per stored tensor; v1 (pdp_hf 0.3) files load with the other checks
+
+
+def _sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def compress_state_dict(state_dict: dict[str, torch.Tensor], sparse_keys: list[str]) -> tuple[dict, dict]:
-    """Tensors and metadata for safetensors: `sparse_keys` become bitmask + values, the rest stay as they are."""
+    """Tensors and metadata for safetensors: `sparse_keys` become bitmask + values, the rest stay as they are. The
+    metadata holds each sparse tensor's shape and a SHA-256 of every stored tensor's bytes."""
     tensors, shapes = {}, {}
     for key, tensor in state_dict.items():
         tensor = tensor.detach().cpu().contiguous()
@@ -31,13 +42,69 @@ def compress_state_dict(state_dict: dict[str, torch.Tensor], sparse_keys: list[s
         tensors[key + _MASK] = torch.from_numpy(np.packbits(nonzero.reshape(-1).numpy()))
         tensors[key + _VALUES] = tensor[nonzero].contiguous()
         shapes[key] = list(tensor.shape)
-    return tensors, {"pdp_hf_format": "bitmask-v1", "shapes": json.dumps(shapes)}
+    checksums = {key: _sha256(tensor) for key, tensor in tensors.items()}
+    return tensors, {"pdp_hf_format": FORMAT, "shapes": json.dumps(shapes), "sha256": json.dumps(checksums)}
+
+
+def _read_metadata(metadata: dict[str, str], where: str) -> tuple[dict, dict | None]:
+    """(shapes, checksums or None for a v1 file), refused unless well formed."""
+    fmt = metadata.get("pdp_hf_format")
+    if fmt not in ("bitmask-v1", FORMAT):
+        raise ValueError(f"{where}: unknown compressed format {fmt!r}; this pdp_hf reads 'bitmask-v1' and {FORMAT!r}.")
+    try:
+        shapes = json.loads(metadata["shapes"])
+        checksums = json.loads(metadata["sha256"]) if fmt == FORMAT else None
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{where}: its metadata is damaged ({err!r}). Export it again.") from None
+    ok = isinstance(shapes, dict) and all(
+        isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+        for v in shapes.values())
+    if not ok or (checksums is not None and not isinstance(checksums, dict)):
+        raise ValueError(f"{where}: its metadata is damaged (shapes {str(shapes)[:80]}). Export it again.")
+    return shapes, checksums
+
+
+def check_compressed(tensors: dict[str, torch.Tensor], metadata: dict[str, str], expected: dict[str, torch.Tensor],
+                     where: str) -> dict:
+    """Refuse, naming the file and the tensor, a compressed file that does not describe `expected` (the model's
+    state_dict: keys, shapes, dtypes) or whose bytes changed since export (SHA-256 per tensor, bitmask-v2), before
+    any dense tensor is allocated. Returns the shapes of the sparse tensors."""
+    shapes, checksums = _read_metadata(metadata, where)
+    if checksums is None:
+        logger.warning("pdp_hf: %s is a bitmask-v1 file (pdp_hf 0.3) without checksums: a changed byte cannot be "
+                       "seen. Export it again to store them.", where)
+    else:
+        if sorted(checksums) != sorted(tensors):
+            raise ValueError(f"{where}: it holds other tensors than its checksums list "
+                             f"({sorted(set(tensors) ^ set(checksums))[:3]}). Export it again.")
+        for key, tensor in tensors.items():
+            if _sha256(tensor) != checksums[key]:
+                raise ValueError(f"{where}: the bytes of {key} changed since export (SHA-256 differs). Export it again, "
+                                 "or download it again.")
+    for key, shape in shapes.items():
+        if key + _MASK not in tensors or key + _VALUES not in tensors:
+            raise ValueError(f"{where}: {key} has no {'bitmask' if key + _MASK not in tensors else 'values'}.")
+        want = expected.get(key)
+        if want is None or list(want.shape) != shape:
+            raise ValueError(f"{where}: {key} is stored with shape {shape}, but the model "
+                             f"{'has no such weight' if want is None else f'has {list(want.shape)}'}.")
+        mask, values = tensors[key + _MASK], tensors[key + _VALUES]
+        n = int(np.prod(shape))
+        if mask.dtype != torch.uint8 or mask.dim() != 1 or mask.numel() != (n + 7) // 8:
+            raise ValueError(f"{where}: the bitmask of {key} has {mask.numel()} bytes of {mask.dtype}; {n} weights "
+                             f"need {(n + 7) // 8} bytes of torch.uint8.")
+        kept = int(np.unpackbits(mask.numpy(), count=n).sum())
+        if values.dim() != 1 or values.numel() != kept or not values.dtype.is_floating_point:
+            raise ValueError(f"{where}: {key} has {values.numel()} values of {values.dtype}, its bitmask marks {kept}.")
+    orphans = [k for k in tensors if k.endswith((_MASK, _VALUES)) and k.rsplit(".__pdp_", 1)[0] not in shapes]
+    if orphans:
+        raise ValueError(f"{where}: {orphans[0]} belongs to no weight in its metadata. Export it again.")
+    return shapes
 
 
 def decompress_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
-    if metadata.get("pdp_hf_format") != "bitmask-v1":
-        raise ValueError(f"Unknown compressed format {metadata.get('pdp_hf_format')!r}; expected 'bitmask-v1'.")
-    shapes = json.loads(metadata["shapes"])
+    """The dense tensors back, bit for bit (check the file first with `check_compressed`)."""
+    shapes, _ = _read_metadata(metadata, "compressed state")
     state = {k: v for k, v in tensors.items() if not k.endswith((_MASK, _VALUES))}
     for key, shape in shapes.items():
         values = tensors[key + _VALUES]
@@ -156,20 +223,30 @@ def _load_compressed(path: str, config, model_class, **kwargs) -> nn.Module:
     with safe_open(path, framework="pt") as f:
         metadata = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    state = decompress_state_dict(tensors, metadata)
     build = getattr(model_class, "from_config", None) or model_class._from_config  # Auto* or a model class
     model = build(config, **kwargs)
+    expected = model.state_dict()
+    check_compressed(tensors, metadata, expected, path)
+    state = decompress_state_dict(tensors, metadata)
+    for key, tensor in state.items():
+        want = expected.get(key)
+        if want is not None and (want.shape != tensor.shape or want.is_floating_point() != tensor.is_floating_point()):
+            raise ValueError(f"{path}: {key} is stored as {list(tensor.shape)} {tensor.dtype}, but the model has "
+                             f"{list(want.shape)} {want.dtype}.")
     _load_exact(model, state, path)
     return model
 
 
 def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """load_state_dict that allows a missing key only when it is tied to a loaded one."""
+    """load_state_dict that keeps the stored dtypes (an fp16 export loads as fp16) and allows a missing key only
+    when it is tied to a loaded one."""
     groups: dict[int, set[str]] = {}
     for key, tensor in model.state_dict().items():
         groups.setdefault(tensor.data_ptr(), set()).add(key)
     tied = {key: group for group in groups.values() for key in group if len(group) > 1}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     untied = [k for k in missing if not (tied.get(k, set()) & state.keys())]
     if unexpected or untied:
         raise ValueError(f"{path} does not fit {type(model).__name__}: missing {untied}, unexpected {unexpected}.")
+    if tied and hasattr(model, "tie_weights"):
+        model.tie_weights()  # assign=True replaced one side of each tie

@@ -155,3 +155,20 @@ def test_interrupted_export_leaves_previous_export_intact(tmp_path):
         export_pruned(model, target, FailingTokenizer(), overwrite=True)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the staging folder was cleaned up
+
+
+def test_a_compressed_fp16_export_loads_as_fp16_with_its_ties(tmp_path):
+    """The stored dtype comes back (it loaded as float32 before), and a tied decoder stays tied to the embeddings."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from pdp_hf import load_pruned
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)
+    model = finalize_pruning(apply_pruning(BertForMaskedLM(config), PDPConfig(target_sparsity=0.9))).eval().half()
+    loaded = load_pruned(export_pruned(model, tmp_path / "half", compressed=True))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float16}
+    assert loaded.cls.predictions.decoder.weight is loaded.bert.embeddings.word_embeddings.weight
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name

@@ -39,18 +39,23 @@ def _resume(directory: str, **config):
     return pruner
 
 
-def _rewrite_state(directory: str, tensors=None, metadata=None) -> None:
-    """Change a saved state as a hand edit or another tool would: tensors and metadata entries replaced."""
+def _rewrite(path: str, tensors=None, metadata=None, drop=()) -> None:
+    """Change a safetensors file as a hand edit or another tool would: tensors and metadata entries replaced (None
+    removes a metadata entry), tensors in `drop` removed; the file stays well formed."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    path = os.path.join(directory, STATE)
     with safe_open(path, framework="pt") as f:
         held = {k: f.get_tensor(k) for k in f.keys()}
         meta = dict(f.metadata())
     held.update(tensors(held) if tensors else {})
     meta.update(metadata or {})
-    save_file(held, path, metadata={k: v for k, v in meta.items() if v is not None})
+    save_file({k: v for k, v in held.items() if k not in drop}, path,
+              metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def _rewrite_state(directory: str, tensors=None, metadata=None) -> None:
+    _rewrite(os.path.join(directory, STATE), tensors, metadata)
 
 
 def state_of_another_run(tmp):
@@ -121,16 +126,82 @@ def hardened_mask_not_bool(tmp):
 
 def hardened_mask_missing(tmp):
     ours = _saved(tmp / "ours", 6)
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    path = os.path.join(ours, STATE)
-    with safe_open(path, framework="pt") as f:
-        held = {k: f.get_tensor(k) for k in f.keys()}
-        meta = dict(f.metadata())
-    held.pop(sorted(held)[0])
-    save_file(held, path, metadata=meta)
+    _rewrite(os.path.join(ours, STATE), drop=("mask.bert.encoder.layer.0.attention.self.query",))
     return lambda: _resume(ours)
+
+
+# -- compressed exports ----------------------------------------------------------------------------------------------
+QUERY = "bert.encoder.layer.0.attention.self.query.weight"
+
+
+def _compressed(tmp) -> tuple[str, str]:
+    """(export folder, its compressed weights file) of a tiny BERT at 90% unstructured."""
+    from pdp_hf import export_pruned, finalize_pruning
+    from pdp_hf.compressed import COMPRESSED_WEIGHTS_NAME
+
+    model = finalize_pruning(apply_pruning(tiny_bert(seed=3), PDPConfig(target_sparsity=0.9)))
+    out = export_pruned(model, tmp / "packed", compressed=True)
+    return out, os.path.join(out, COMPRESSED_WEIGHTS_NAME)
+
+
+def _load(out: str):
+    from pdp_hf import load_pruned
+
+    return lambda: load_pruned(out)
+
+
+def bitmask_byte_moved(tmp):
+    """Silently wrong before: two bitmask bytes swapped keep the count of values, so the rebuilt matrix fit."""
+    out, path = _compressed(tmp)
+
+    def swap(held):
+        mask = held[QUERY + ".__pdp_bitmask"].clone()
+        j = next(i for i in range(1, mask.numel()) if mask[i] != mask[0])
+        mask[0], mask[j] = mask[j].clone(), mask[0].clone()
+        return {QUERY + ".__pdp_bitmask": mask}
+
+    _rewrite(path, swap)
+    return _load(out)
+
+
+def value_changed(tmp):
+    """Silently wrong before: one stored weight changed."""
+    out, path = _compressed(tmp)
+    _rewrite(path, lambda held: {QUERY + ".__pdp_values": held[QUERY + ".__pdp_values"] + 1})
+    return _load(out)
+
+
+def crafted_shape(tmp):
+    """A crash before (an allocation of 1 TiB): a shape in the metadata that the model does not have."""
+    out, path = _compressed(tmp)
+    _rewrite(path, metadata={"shapes": json.dumps({QUERY: [2 ** 20, 2 ** 18]})})
+    return _load(out)
+
+
+def values_miscounted_in_a_v1_file(tmp):
+    """A pdp_hf 0.3 file (no checksums) whose values do not match its bitmask."""
+    out, path = _compressed(tmp)
+    _rewrite(path, lambda held: {QUERY + ".__pdp_values": held[QUERY + ".__pdp_values"][:-1].clone()},
+             metadata={"pdp_hf_format": "bitmask-v1", "sha256": None})
+    return _load(out)
+
+
+def bitmask_missing(tmp):
+    out, path = _compressed(tmp)
+    _rewrite(path, metadata={"sha256": None, "pdp_hf_format": "bitmask-v1"}, drop=(QUERY + ".__pdp_bitmask",))
+    return _load(out)
+
+
+def tensor_added(tmp):
+    out, path = _compressed(tmp)
+    _rewrite(path, lambda held: {"extra.weight": torch.zeros(2)})
+    return _load(out)
+
+
+def unknown_format(tmp):
+    out, path = _compressed(tmp)
+    _rewrite(path, metadata={"pdp_hf_format": "bitmask-v9"})
+    return _load(out)
 
 
 def _meta(directory: str) -> dict:
@@ -150,6 +221,13 @@ REFUSALS = [
     (hardened_mask_all_kept, ValueError, r"the mask of .* prunes 0 units, its budget says \d+"),
     (hardened_mask_not_bool, ValueError, r"the mask of .* is torch.float32, not bool"),
     (hardened_mask_missing, ValueError, r"says its masks are hardened but has no mask for"),
+    (bitmask_byte_moved, ValueError, r"pdp-compressed.safetensors: the bytes of .*query.weight.__pdp_bitmask changed"),
+    (value_changed, ValueError, r"pdp-compressed.safetensors: the bytes of .*query.weight.__pdp_values changed"),
+    (crafted_shape, ValueError, r"query.weight is stored with shape \[1048576, 262144\], but the model has \[32, 32\]"),
+    (values_miscounted_in_a_v1_file, ValueError, r"query.weight has \d+ values of torch.float32, its bitmask marks \d+"),
+    (bitmask_missing, ValueError, r"query.weight has no bitmask"),
+    (tensor_added, ValueError, r"other tensors than its checksums list \(\['extra.weight'\]\)"),
+    (unknown_format, ValueError, r"unknown compressed format 'bitmask-v9'"),
 ]
 
 
@@ -160,8 +238,25 @@ def test_refused_with_a_message_that_names_it(case, error, says, tmp_path):
         action()
 
 
+def test_a_v1_compressed_file_still_loads_and_says_it_has_no_checksums(tmp_path, caplog):
+    out, path = _compressed(tmp_path)
+    _rewrite(path, metadata={"pdp_hf_format": "bitmask-v1", "sha256": None})
+    assert _load(out)() is not None
+    assert "bitmask-v1 file (pdp_hf 0.3) without checksums" in caplog.text
+
+
 def test_an_untouched_state_still_loads(tmp_path):
     """The refusals above are not a refusal of everything: the same states, untouched, resume."""
     for step, config in ((3, {}), (6, {}), (3, {"sparsity_distribution": "global"}), (3, SPEED), (6, SPEED)):
         pruner = _resume(_saved(tmp_path / f"s{step}_{len(config)}", step, **config), **config)
         assert pruner.budgets is not None and pruner.hardened == (step >= 6)
+
+
+def test_the_cli_refuses_a_changed_compressed_file_in_one_line(tmp_path, capsys):
+    from pdp_hf.cli import main
+
+    out = value_changed(tmp_path) and str(tmp_path / "packed")
+    for command in (["report", out], ["speed", out, "--batch", "1", "--seq", "8", "--rounds", "1"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "changed since export" in err and "Traceback" not in err
