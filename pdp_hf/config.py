@@ -125,6 +125,13 @@ class PDPConfig(ConfigIO):
             "Default: the encoder's attention Q/K/V/output and FFN in/out layers of BERT, RoBERTa, DistilBERT, ViT."
         },
     )
+    prune_tied_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow a target whose weight is shared with another module (an lm_head or decoder tied to the word "
+            "embeddings): pruning it prunes the other through the tie. Off: such targets are refused, naming both."
+        },
+    )
     temperature: float = field(
         default=0.05,
         metadata={
@@ -229,6 +236,8 @@ class PDPConfig(ConfigIO):
         self._check_choice("fused_masks", self.fused_masks, FUSED_MASKS)
         self._check_method_settings()
         self._check_targets()
+        if not isinstance(self.prune_tied_weights, bool):
+            raise _invalid("prune_tied_weights", self.prune_tied_weights, "it must be True or False")
         if isinstance(self.threshold_refresh_steps, bool) or not isinstance(self.threshold_refresh_steps, int) or self.threshold_refresh_steps < 1:
             raise _invalid("threshold_refresh_steps", self.threshold_refresh_steps, "it must be a whole number >= 1")
         for name in ("pruning_start", "pruning_end", "harden_at"):

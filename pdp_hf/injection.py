@@ -26,7 +26,7 @@ from .methods import MaskMethod, get_method
 from .pruner import Pruner, global_budgets
 from .scores import SCORES_ATTR, PruningScores
 from .speed_budget import check_reachable, measure_unit_costs
-from .targets import find_targets
+from .targets import find_targets, tied_targets
 from .units import Member, UnitGroup, build_unit_groups
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,14 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     if get_pruner(model) is not None:
         raise ValueError("Pruning is already applied to this model; call finalize_pruning(model) first.")
     names = find_targets(model, config.target_modules)
+    tied = {} if config.prune_tied_weights else tied_targets(model, names)
+    if tied:
+        name, others = next(iter(tied.items()))
+        raise ValueError(
+            f"{name}.weight is tied to {', '.join(others)}: pruning it would prune {'them' if len(others) > 1 else 'it'} "
+            f"too ({len(tied)} tied targets in all). Narrow target_modules, untie the weights "
+            "(config.tie_word_embeddings=False), or pass PDPConfig(prune_tied_weights=True) to prune both."
+        )
     groups = build_unit_groups(model, names, config)
     method = get_method(config.method).from_config(config)
     masked = [g for g in groups if _will_prune(g, config)]  # the others stay plain Linear

@@ -117,3 +117,21 @@ def find_targets(model: nn.Module, target_modules: list[str] | None) -> list[str
             f"The model's Linear layers: {_preview(linears)}."
         )
     return matched
+
+
+def tied_targets(model: nn.Module, names: list[str]) -> dict[str, list[str]]:
+    """Target -> the other parameters that share its weight's storage (a decoder or lm_head tied to the word
+    embeddings): pruning the target would prune those too."""
+    by_storage: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if param.device.type != "meta":
+            by_storage.setdefault(param.untyped_storage().data_ptr(), []).append(name)
+    tied = {}
+    for name in names:
+        weight = model.get_submodule(name).weight
+        if weight.device.type == "meta":
+            continue
+        others = [p for p in by_storage.get(weight.untyped_storage().data_ptr(), []) if p != f"{name}.weight"]
+        if others:
+            tied[name] = others
+    return tied

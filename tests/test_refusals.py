@@ -260,3 +260,27 @@ def test_the_cli_refuses_a_changed_compressed_file_in_one_line(tmp_path, capsys)
         assert main(command) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "changed since export" in err and "Traceback" not in err
+
+
+def _tiny_mlm():
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    return BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=32))
+
+
+def test_a_target_tied_to_the_embeddings_is_refused_unless_asked_for():
+    """Silently wrong before: the decoder's pruning zeroed word embeddings through the tie."""
+    config = dict(target_sparsity=0.5, target_modules=["cls.predictions.decoder"])
+    with pytest.raises(ValueError, match=r"cls.predictions.decoder.weight is tied to "
+                                         r"bert.embeddings.word_embeddings.weight: pruning it would prune it too"):
+        apply_pruning(_tiny_mlm(), PDPConfig(**config))
+    from pdp_hf import finalize_pruning
+
+    model = finalize_pruning(apply_pruning(_tiny_mlm(), PDPConfig(prune_tied_weights=True, **config)))
+    embeddings = model.bert.embeddings.word_embeddings.weight
+    assert model.cls.predictions.decoder.weight is embeddings and int((embeddings == 0).sum()) == 32 * 64 // 2
+    untied = _tiny_mlm()
+    untied.cls.predictions.decoder.weight = torch.nn.Parameter(untied.cls.predictions.decoder.weight.detach().clone())
+    apply_pruning(untied, PDPConfig(**config))  # not tied: nothing to refuse
