@@ -7,9 +7,9 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from .config_io import PRUNING_CONFIG_NAME, VERSION_KEY, ConfigIO  # noqa: F401  (names of this module's face)
+from .config_io import PRUNING_CONFIG_NAME, VERSION_KEY, ConfigIO, read_unit_costs  # noqa: F401  (this module's face)
 from .roles import ROLE_GROUPS, parse_role_map  # noqa: F401  (ROLE_GROUPS: part of this module's face)
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,14 @@ class PDPConfig(ConfigIO):
     )
     speed_seq_length: int = field(
         default=128, metadata={"help": "(target_speedup) Tokens per example of that timing (text models)."}
+    )
+    speed_unit_costs: Optional[Union[dict, str]] = field(
+        default=None,
+        metadata={
+            "help": "(target_speedup) Prices to use instead of timing: seconds per forward of the dense model and "
+            "saved per head and per neuron, as a dict, JSON text or a JSON file (an export's config.json records its "
+            "own under pdp_unit_costs). One set of prices for a grid gives every run at a target the same budgets."
+        },
     )
     method: str = field(
         default="pdp",
@@ -306,6 +314,8 @@ class PDPConfig(ConfigIO):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise _invalid(name, value, "it must be a whole number >= 1")
         if self.target_speedup is None:
+            if self.speed_unit_costs is not None:
+                raise _invalid("speed_unit_costs", "...", "it prices target_speedup, which is not set")
             return
         self._check_number("target_speedup", self.target_speedup)
         if self.target_speedup <= 1:
@@ -317,6 +327,11 @@ class PDPConfig(ConfigIO):
         if not kinds <= {"head", "neuron"}:
             raise _invalid("granularity", self.granularity, "target_speedup prices whole heads and FFN neurons; use "
                            "'head', 'neuron' or 'attention=head,ffn=neuron'")
+        if self.speed_unit_costs is not None:
+            try:
+                self.speed_unit_costs = read_unit_costs(self.speed_unit_costs, kinds)
+            except ValueError as err:
+                raise _invalid("speed_unit_costs", self.speed_unit_costs, str(err)) from None
         if self.sparsity_distribution == "learned":
             raise _invalid("sparsity_distribution", "learned", "target_speedup fixes the budgets at pruning_start; "
                            "use 'uniform' (one fraction of heads and neurons per layer) or 'global' (squared norm per "

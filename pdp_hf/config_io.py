@@ -11,6 +11,34 @@ from .atomic import atomic_write_text
 
 PRUNING_CONFIG_NAME = "pruning_config.json"
 VERSION_KEY = "pdp_hf_version"
+UNIT_COSTS_KEY = "pdp_unit_costs"  # an export's config.json: the prices its budgets were set with
+
+
+def read_unit_costs(value, kinds: set[str]) -> dict[str, float]:
+    """`PDPConfig.speed_unit_costs` as a dict of seconds: a dict, JSON text, or the path of a JSON file (an export's
+    config.json holds them under "pdp_unit_costs"). Raises ValueError saying what is wrong; `kinds` are the unit
+    kinds the granularity prices."""
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if os.path.isfile(text):
+            with open(text, encoding="utf-8-sig") as f:
+                text = f.read()
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise ValueError("give a dict, JSON text or the path of a JSON file (an export's config.json)") from None
+    if isinstance(value, dict) and UNIT_COSTS_KEY in value:
+        value = value[UNIT_COSTS_KEY]
+    need = {"dense", *kinds}
+    if not isinstance(value, dict) or not need <= set(value):
+        raise ValueError(f"it must hold seconds for {sorted(need)} (as in an export's config.json, {UNIT_COSTS_KEY})")
+    costs = {}
+    for key in sorted(need):
+        number = value[key]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < float("inf"):
+            raise ValueError(f"{key}={number!r} is not a positive number of seconds")
+        costs[key] = float(number)
+    return costs
 
 
 class ConfigIO:

@@ -13,6 +13,7 @@ from torch import nn
 from .atomic import atomic_write_text, recover_folder, replace_folder
 from .compressed import save_compressed
 from .config import PDPConfig
+from .config_io import UNIT_COSTS_KEY
 from .injection import _unwrap, finalize_pruning, get_pruner
 from .model_card import render_model_card
 from .report import REPORT_NAME, sparsity_report
@@ -122,6 +123,7 @@ def export_pruned(
             per_layer=_per_layer_text(shrunk["per_layer"]) if shrunk and "per_layer" in shrunk else None,
             onnx=onnx,
             predicted_speedup=getattr(getattr(model, "config", None), "pdp_predicted_speedup", None),
+            unit_costs=getattr(getattr(model, "config", None), UNIT_COSTS_KEY, None),
         )
         card.save(os.path.join(staging, "README.md"))
         replace_folder(staging, output_dir)

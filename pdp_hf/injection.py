@@ -21,6 +21,7 @@ from torch import nn
 from .attached import PRUNER_ATTR, _unwrap, get_pruner
 from .checkpoint import STATE_NAME
 from .config import PDPConfig
+from .config_io import UNIT_COSTS_KEY
 from .fused import after_forward, before_forward
 from .methods import MaskMethod, get_method
 from .pruner import Pruner, global_budgets
@@ -132,7 +133,8 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     masked = [g for g in groups if _will_prune(g, config)]  # the others stay plain Linear
     costs = None
     if config.target_speedup is not None:  # priced on the plain model, before any class swap
-        costs = measure_unit_costs(model, groups, config.speed_batch_size, config.speed_seq_length)
+        costs = (dict(config.speed_unit_costs) if config.speed_unit_costs is not None  # priced before, elsewhere
+                 else measure_unit_costs(model, groups, config.speed_batch_size, config.speed_seq_length))
         check_reachable(costs, groups, config.target_speedup)
     if method.learnable_scores and masked:
         scores = PruningScores({g.name: method.init_scores(g) for g in masked})
@@ -181,6 +183,7 @@ def finalize_pruning(model: nn.Module) -> nn.Module:
         pruner.harden()
     if pruner.unit_costs and hasattr(model, "config"):  # the export's config and card say what the budgets predict
         model.config.pdp_predicted_speedup = round(pruner.predicted_speedup(), 3)
+        setattr(model.config, UNIT_COSTS_KEY, dict(pruner.unit_costs))  # reusable: PDPConfig(speed_unit_costs=...)
     for group in pruner.groups:
         group.zero_pruned_()  # +0.0, not the -0.0 a multiply gives
         for member in group.members:

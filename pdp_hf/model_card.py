@@ -64,6 +64,7 @@ def render_model_card(
     per_layer: str | None = None,
     onnx: bool = False,
     predicted_speedup: float | None = None,
+    unit_costs: dict | None = None,
     pipeline_tag: str | None = None,
 ) -> ModelCard:
     """Render the card. `eval_results` are `huggingface_hub.EvalResult`s and become `model-index` metadata."""
@@ -106,6 +107,9 @@ def render_model_card(
         per_layer=per_layer,
         onnx=onnx,
         predicted_speedup=predicted_speedup,
+        unit_costs_text=None if not unit_costs else (
+            f"dense forward {1000 * unit_costs['dense']:.2f} ms; saved per head "
+            f"{1000 * unit_costs.get('head', 0):.4f} ms, per neuron {1000 * unit_costs.get('neuron', 0):.5f} ms"),
         ort_class=auto_class_for(architectures).replace("AutoModel", "ORTModel", 1),
         auto_class=auto_class_for(architectures),
         load_path=load_path,

@@ -78,7 +78,8 @@ def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: i
     "neuron"), and the time with one head and one neuron left per layer ("floor"), measured on the model's device
     at `batch` x `seq`, all variants timed in turns. The half-cut copies (half of every layer's heads, or neurons,
     sliced out) give each kind's price; the floor copy calibrates them, so that pricing every removable unit
-    predicts the floor that was measured. Under torch.distributed, rank 0's values are broadcast."""
+    predicts the floor that was measured. Each time is the fastest of at least two blocks of `rounds` forwards
+    (more, up to MAX_BLOCKS, until two blocks agree). Under torch.distributed, rank 0's values are broadcast."""
     kinds = tuple(k for k in KINDS if any(g.kind == k for g in groups))
     was_training = model.training
     model.eval()
@@ -93,14 +94,17 @@ def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: i
         variants["floor"] = (floor, _cut(floor, groups, kinds, lambda n: 1))
         for variant, _ in variants.values():  # first calls allocate and initialize kernels: not part of the price
             _median_forward_seconds(variant, inputs, 2)
-        samples = {key: [] for key in variants}
-        for _ in range(rounds):
-            for key, (variant, _) in variants.items():
-                samples[key].append(_median_forward_seconds(variant, inputs, 1))
+        blocks: list[dict[str, list[float]]] = []
+        while len(blocks) < 2 or (len(blocks) < MAX_BLOCKS and _disagreement(blocks[-2], blocks[-1])):
+            block = {key: [] for key in variants}
+            for _ in range(rounds):
+                for key, (variant, _) in variants.items():
+                    block[key].append(_median_forward_seconds(variant, inputs, 1))
+            blocks.append(block)
     finally:
         model.train(was_training)
-    times = {key: statistics.median(values) for key, values in samples.items()}
-    _warn_if_noisy(samples, times)
+    times = {key: min(min(block[key]) for block in blocks) for key in variants}
+    _warn_if_noisy(blocks)
     dense = times["dense"]
     totals = {kind: sum(g.num_units - 1 for g in groups if g.kind == kind) for kind in kinds}
     # a timing too noisy to see a cut still prices the unit above zero
@@ -110,23 +114,38 @@ def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: i
     return _broadcast({"dense": dense, **{k: prices[k] * scale for k in kinds}})
 
 
-# Spread (max - min over the median) of one variant's timings above which the prices are not to be trusted
-NOISY_SPREAD = 0.25
+# Blocks of `rounds` timings per variant are taken until the fastest time of every variant agrees within AGREE between
+# the last two blocks, at most MAX_BLOCKS blocks. Another job on the device only ever slows a forward down, so the
+# fastest of many timings is the device's own time (a median moves with the load), and two blocks that agree show
+# that it was seen.
+AGREE = 0.05
+MAX_BLOCKS = 4
 
 
-def _warn_if_noisy(samples: dict[str, list[float]], times: dict[str, float]) -> None:
-    """Say so when the device was busy while pricing: the prices of heads and neurons are differences of forward
+def _disagreement(first: dict[str, list[float]], second: dict[str, list[float]]) -> tuple[str, float, float] | None:
+    """(variant, fastest in `first`, fastest in `second`) of the worst disagreement above AGREE, or None."""
+    worst = None
+    for key in first:
+        a, b = min(first[key]), min(second[key])
+        gap = abs(a - b) / max(min(a, b), 1e-12)
+        if gap > AGREE and (worst is None or gap > worst[0]):
+            worst = (gap, key, a, b)
+    return None if worst is None else worst[1:]
+
+
+def _warn_if_noisy(blocks: list[dict[str, list[float]]]) -> None:
+    """Say so when the device stayed busy while pricing: the prices of heads and neurons are differences of forward
     times, and another job on the device can change them enough to give other budgets (a run asked for 3x on this
     project's 2-core CPU under load kept 1 head per layer and measured 10x)."""
-    spread = {key: (max(values) - min(values)) / times[key] for key, values in samples.items() if times[key] > 0}
-    worst = max(spread, key=spread.get, default=None)
-    if worst is not None and spread[worst] > NOISY_SPREAD:
-        values = samples[worst]
+    worst = _disagreement(blocks[-2], blocks[-1])
+    if worst is not None:
+        key, a, b = worst
         logger.warning(
-            "pdp_hf: the timings that price target_speedup were noisy: the %s forward took %.1f to %.1f ms over %d "
-            "rounds. Budgets priced on a busy device can miss the target by far. Price on an idle device, and check "
-            "the export with `pdp-hf speed` against the predicted speedup in its card.", worst, 1000 * min(values),
-            1000 * max(values), len(values))
+            "pdp_hf: the timings that price target_speedup were noisy: the fastest %s forward took %.1f ms in one "
+            "block of %d rounds and %.1f ms in the next, after %d blocks. Budgets priced on a busy device can miss "
+            "the target by far. Price on an idle device (or pass the prices of an idle run as "
+            "PDPConfig.speed_unit_costs), and check the export with `pdp-hf speed` against the predicted speedup in "
+            "its card.", key, 1000 * a, len(blocks[-1][key]), 1000 * b, len(blocks))
 
 
 def _broadcast(costs: dict[str, float]) -> dict[str, float]:

@@ -2,9 +2,11 @@
 and structured granularity on a tiny BERT with fixed prices, a clear error for a target out of reach, the same
 budgets after resume and on every rank. Prices come from timings, so tests fix them (timings are never asserted)."""
 
+import json
 import logging
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -189,26 +191,45 @@ def test_measured_prices_are_positive_and_calibrated_to_the_floor():
     assert 1 < sb.best_reachable(costs, groups) < float("inf")
 
 
-@pytest.mark.parametrize("busy", [False, True])
-def test_pricing_on_a_busy_device_says_so(busy, monkeypatch, caplog):
+def _priced_under(load, monkeypatch):
+    """measure_unit_costs of a tiny BERT whose forwards take fixed idle times (dense, half the heads cut, half the
+    neurons cut, the floor; timed in turns) times `load(call index)`: (costs, forwards timed)."""
     from pdp_hf.targets import find_targets
     from pdp_hf.units import build_unit_groups
 
     model = tiny_bert()
     groups = build_unit_groups(model, find_targets(model, None),
                                PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5))
-    calls = iter(range(1000))
-    base = {0: 1.0, 1: 0.8, 2: 0.9, 3: 0.5}  # dense, half the heads, half the neurons, the floor (in turns)
+    calls = iter(range(10_000))
+    idle = {0: 1.0, 1: 0.8, 2: 0.9, 3: 0.5}
+    timed = []
 
-    def timed(variant, inputs, rounds):
+    def forward_seconds(variant, inputs, rounds):
         index = next(calls)
-        jitter = 1.6 if busy and index % 9 == 4 else 1.0  # another job took the device for one of the timings
-        return base[index % 4] * jitter
+        timed.append(index)
+        return idle[index % 4] * load(index)
 
-    monkeypatch.setattr(sb, "_median_forward_seconds", timed)
+    monkeypatch.setattr(sb, "_median_forward_seconds", forward_seconds)
+    return sb.measure_unit_costs(model, groups, batch=2, seq=8, rounds=5), len(timed)
+
+
+def test_pricing_takes_the_fastest_timings_so_that_a_passing_load_changes_nothing(monkeypatch, caplog):
+    """Another job slows three forwards in seven, unevenly over the variants: the prices are the idle device's (the
+    median of 5 rounds, used before, moved), after two blocks of rounds that agree, without a warning."""
+    idle, calls = _priced_under(lambda index: 1.0, monkeypatch)
+    assert calls == 4 + 2 * 5 * 4  # warm-up, then two blocks of 5 rounds of the 4 variants
     with caplog.at_level(logging.WARNING, logger="pdp_hf.speed_budget"):
-        sb.measure_unit_costs(model, groups, batch=2, seq=8, rounds=5)
-    assert ("were noisy" in caplog.text) == busy
+        busy, _ = _priced_under(lambda index: 1.6 if index % 7 in (1, 2, 4) else 1.0, monkeypatch)
+    assert busy == idle and "noisy" not in caplog.text
+
+
+def test_pricing_on_a_device_that_stays_busy_says_so(monkeypatch, caplog):
+    """A load that comes and goes block by block: blocks are added until four, then a warning names the variant."""
+    with caplog.at_level(logging.WARNING, logger="pdp_hf.speed_budget"):
+        _, calls = _priced_under(lambda index: 1.5 if (index - 4) // 20 % 2 else 1.0, monkeypatch)
+    assert calls == 4 + sb.MAX_BLOCKS * 5 * 4
+    assert re.search(r"were noisy: the fastest (dense|head|neuron|floor) forward took (\d+)\.0 ms in one block of 5 "
+                     r"rounds and (\d+)\.0 ms in the next, after 4 blocks", caplog.text)
 
 
 def test_the_export_card_states_the_target_and_the_predicted_speedup(fixed_prices, tmp_path):
@@ -224,3 +245,45 @@ def test_the_export_card_states_the_target_and_the_predicted_speedup(fixed_price
     text = ModelCard.load(os.path.join(folder, "README.md")).text
     predicted = round(get_pruner(model).predicted_speedup(), 3)
     assert f"| target speedup | 1.3x, budgets predict {predicted}x" in text
+    assert ("priced on the training device at batch 32 x 128: dense forward 1000.00 ms; saved per head 60.0000 ms, "
+            "per neuron 3.00000 ms, in config.json as pdp_unit_costs" in text)
+    assert "the same fraction of heads and neurons in every layer" in text  # uniform
+
+
+def test_prices_given_instead_of_timed_give_the_same_budgets_and_the_export_records_them(fixed_prices, tmp_path,
+                                                                                           monkeypatch):
+    """A run priced once (its export's config.json holds pdp_unit_costs) hands its prices to the next: no timing, the
+    same budgets, from a dict, JSON text or the file."""
+    from pdp_hf import export_pruned
+
+    config = dict(granularity="attention=head,ffn=neuron", target_speedup=1.3, sparsity_distribution="global")
+    first = apply_pruning(tiny_bert(), PDPConfig(**config))
+    get_pruner(first).set_total_steps(10)
+    get_pruner(first).step(1)
+    budgets = dict(get_pruner(first).budgets)
+    folder = export_pruned(first, str(tmp_path / "export"), shrink=True)
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        recorded = json.load(f)["pdp_unit_costs"]
+    assert recorded == {k: v for k, v in PRICES.items()}
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("priced again")
+
+    monkeypatch.setattr("pdp_hf.injection.measure_unit_costs", no_timing)
+    for given in (recorded, json.dumps(recorded), os.path.join(folder, "config.json")):
+        again = get_pruner(apply_pruning(tiny_bert(), PDPConfig(speed_unit_costs=given, **config)))
+        again.set_total_steps(10)
+        again.step(1)
+        assert again.unit_costs == PRICES and again.budgets == budgets
+
+
+@pytest.mark.parametrize("given, says", [
+    ({"dense": 1.0, "head": 0.06}, r"it must hold seconds for \['dense', 'head', 'neuron'\]"),
+    ({"dense": 1.0, "head": -0.06, "neuron": 0.003}, r"head=-0.06 is not a positive number of seconds"),
+    ("{not json", "give a dict, JSON text or the path of a JSON file"),
+])
+def test_prices_given_wrongly_are_refused(given, says):
+    with pytest.raises(ValueError, match=r"PDPConfig.speed_unit_costs=.* is invalid: " + says):
+        PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=1.3, speed_unit_costs=given)
+    with pytest.raises(ValueError, match="it prices target_speedup, which is not set"):
+        PDPConfig(target_sparsity=0.5, speed_unit_costs=PRICES)
