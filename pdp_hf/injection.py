@@ -60,13 +60,15 @@ class PrunedLinear(nn.Linear):
         if group.zeros == 0 and not (self.training and self.pdp_method.masks_before_pruning):
             return self._tie_score(self.weight, self.bias)
         if self.training:
-            return self.pdp_method.train_weight(group, member, self)
+            weight, bias = self.pdp_method.train_weight(group, member, self)
+            return self._tie_score(weight, bias) if self.pdp_method.score_unused(group) else (weight, bias)
         return self.pdp_method.eval_weight(group, member, self)
 
     def _tie_score(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Under DDP, learned scores the forward does not use (dense stage, after hardening) still get a (zero)
-        gradient: DDP without find_unused_parameters (Trainer's choice with gradient checkpointing) expects one for
-        every parameter at every step. One group member carries the score into the graph."""
+        """Under DDP, learned scores the forward does not use (dense stage, after hardening, a group with every unit
+        pruned) still get a (zero) gradient: DDP without find_unused_parameters (Trainer's choice with gradient
+        checkpointing) expects one for every parameter at every step. One group member carries the score into the
+        graph."""
         score = self.pdp_group.score
         if (score is None or not self.training or not torch.is_grad_enabled() or self.pdp_member is not self.pdp_group.members[0]
                 or not (torch.distributed.is_available() and torch.distributed.is_initialized())):

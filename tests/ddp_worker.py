@@ -1,8 +1,9 @@
 """Worker for tests/test_distributed.py: PrunerTrainer under torchrun (gloo, CPU) or in a single process.
 
-    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH [METHOD[-learned] [checkpointing]]
+    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR PER_DEVICE_BATCH [METHOD[-learned|-emptied] [checkpointing]]
     python tests/ddp_worker.py OUT_DIR GLOBAL_BATCH [METHOD]   # the single-process reference
 
+`-emptied`: heads, global budgets at 50%, with layer 0's attention scaled down so that it loses every head.
 Writes OUT_DIR/rank{R}.safetensors: the final (finalized) weights, the hard masks seen at hardening and, for
 methods with learnable scores, the scores then.
 """
@@ -29,6 +30,11 @@ def main(out_dir: str, batch: int, method: str = "pdp", checkpointing: str = "")
         max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
     model = BertForSequenceClassification(config)
+    emptied = method.endswith("-emptied")
+    if emptied:
+        with torch.no_grad():
+            for name, param in model.bert.encoder.layer[0].attention.named_parameters():
+                param.mul_(0.01 if "LayerNorm" not in name else 1.0)
     masks = {}
 
     class GrabMasks(TrainerCallback):
@@ -48,8 +54,10 @@ def main(out_dir: str, batch: int, method: str = "pdp", checkpointing: str = "")
     )
     trainer = PrunerTrainer(
         model=model, args=args, train_dataset=text_dataset(128), callbacks=[GrabMasks()],
-        pdp_config=PDPConfig(method=method.split("-")[0], target_sparsity=0.8, pruning_start=0.1, pruning_end=0.5,
-                             harden_at=0.75, sparsity_distribution="learned" if method.endswith("-learned") else "uniform"),
+        pdp_config=PDPConfig(method=method.split("-")[0], target_sparsity=0.5 if emptied else 0.8, pruning_start=0.1,
+                             pruning_end=0.5, harden_at=0.75, granularity="head" if emptied else "unstructured",
+                             sparsity_distribution={"learned": "learned", "emptied": "global"}.get(
+                                 method.partition("-")[2], "uniform")),
     )
     trainer.train()
     tensors = {f"final.{k}": v.contiguous() for k, v in model.state_dict().items()}

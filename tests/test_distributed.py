@@ -68,3 +68,19 @@ def test_ddp_learned_scores_and_masks_are_identical_on_both_ranks(method, port, 
     assert len([k for k in r0 if k.startswith("score.")]) == len([k for k in r0 if k.startswith("hard_mask.")]) == 12
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
+
+
+@pytest.mark.skipif(NO_TORCHRUN, reason="torchrun not installed")
+def test_ddp_smart_with_a_layer_that_loses_every_head(tmp_path):
+    """Global budgets can empty a layer: SMART's mask for it is exactly zero and leaves its score out of the loss.
+    DDP without find_unused_parameters (activation checkpointing) failed there; the score now gets a zero gradient
+    under DDP, and both ranks end with the same masks and weights."""
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29536",
+         WORKER, str(ddp), "4", "smart-emptied", "checkpointing"], tmp_path)
+    r0, r1 = load_file(ddp / "rank0.safetensors"), load_file(ddp / "rank1.safetensors")
+    heads = {k: int(v.sum()) for k, v in r0.items() if k.startswith("hard_mask.")}
+    assert heads == {"hard_mask.bert.encoder.layer.0:heads": 0, "hard_mask.bert.encoder.layer.1:heads": 2}
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key

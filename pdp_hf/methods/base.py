@@ -162,6 +162,11 @@ class MaskMethod:
         and clipping, whose norm does not see the fix-up); must be linear in the gradients, so gradient
         accumulation and DDP averaging commute with it."""
 
+    def score_unused(self, group: UnitGroup) -> bool:
+        """Whether the training forward of `group` leaves its learned score out of the graph (SMART: every unit
+        pruned, the mask is exactly zero); the score then gets a zero gradient under DDP (`PrunedLinear`)."""
+        return False
+
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) of `member` for a training forward; `module` is the module that runs (`member.module`,
         or a DataParallel replica of it, whose weights live on another device)."""

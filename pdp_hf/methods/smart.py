@@ -176,6 +176,9 @@ class SmartMethod(MaskMethod):
         a gradient (unused in the loss) counts as a zero gradient: it still shares lambda's constraint."""
         if not self.shared_lambda:
             return
+        for g in groups:  # an emptied group's score is not in the loss: its zero DDP gradient must not move it
+            if g.state.get("all_pruned"):
+                g.score.grad = None
         for members in _pools(g for g in groups if self._shares(g) and "lambda" in g.state).values():
             slopes = [self._slope(g) for g in members]
             home = slopes[0].device  # a pool may span devices (device_map): its sums meet on one
@@ -210,6 +213,9 @@ class SmartMethod(MaskMethod):
                     mask = torch.where(state["selected"].to(score.device), mask, torch.ones_like(mask))
                 return mask
             return soft_topk(score.float().reshape(1, -1), None, state["tau"], lam=lam).view(group.unit_shape)
+
+    def score_unused(self, group: UnitGroup) -> bool:
+        return bool(group.state.get("all_pruned"))
 
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = group.once_per_forward(lambda: self.soft_mask(group))  # one top-k per group, shared by its members
