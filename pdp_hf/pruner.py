@@ -19,6 +19,7 @@ from .methods import MaskMethod
 from .methods.base import relative_norms
 from .schedules import PruningSchedule, zeros_at
 from .scores import SCORES_ATTR
+from .selection import global_budgets
 from .speed_budget import predicted_speedup, speed_budgets, uniform_speed_budgets
 from .units import UnitGroup
 
@@ -84,6 +85,8 @@ class Pruner:
             group._forward_cache = group._fused = None
         fresh = step >= schedule.start and self.budgets is None
         if fresh:
+            if schedule.start > 0:  # at step 0 apply_pruning's scores are already those of the weights then
+                self._restart_scores()  # before the budgets: the learned distribution ranks by these scores
             self.budgets = self.compute_budgets()
             self._warn_pre_pruned()
         if schedule.hardens_at(step):
@@ -218,6 +221,18 @@ class Pruner:
         layers: its implicit-gradient term); registered on the optimizer by `set_optimizer`."""
         if not self.hardened:
             self.method.adjust_score_gradients([g for g in self.groups if g.zeros and g.score is not None])
+
+    @torch.no_grad()
+    def _restart_scores(self) -> None:
+        """Methods with `restarts_scores` (SMART): at pruning_start the scores start from the weights as they are now,
+        the weights the budgets rank, not those of `apply_pruning`; their optimizer state starts again with them."""
+        if not self.method.restarts_scores:
+            return
+        state = optimizer_state(self.optimizer) if self.optimizer is not None else {}
+        for group in self.groups:
+            if group.score is not None:
+                group.score.copy_(self.method.init_scores(group).to(group.score.device, group.score.dtype))
+                state.pop(group.score, None)
 
     def score_parameters(self) -> list[nn.Parameter]:
         """The learnable unit scores (SMART, movement), one tensor per group; [] for methods without."""
@@ -359,31 +374,3 @@ def _is_deepspeed(optimizer) -> bool:
 def optimizer_state(optimizer) -> dict:
     """`optimizer.state` (param -> dict of tensors) through wrappers such as accelerate's AcceleratedOptimizer."""
     return getattr(_unwrap_optimizer(optimizer, "state"), "state", {})
-
-
-def global_budgets(scores: dict[str, torch.Tensor], target: float, tie_break=None) -> dict[str, int]:
-    """Per-layer zero counts from one ranking over all layers: the round(target * N) smallest scores overall are
-    pruned, and each layer's budget is how many of them it holds. Entries tied at the cut are ranked by
-    `tie_break(name)` (a tensor shaped like that layer's scores, comparable across layers) when given, else taken in
-    layer order."""
-    flat = {n: s.detach().reshape(-1).float() for n, s in scores.items()}
-    return _smallest_counts(flat, int(round(target * sum(s.numel() for s in flat.values()))), tie_break)
-
-
-def _smallest_counts(flat: dict[str, torch.Tensor], k: int, tie_break=None) -> dict[str, int]:
-    if k == 0:
-        return {n: 0 for n in flat}
-    cut = torch.kthvalue(torch.cat([s.cpu() for s in flat.values()]), k).values
-    counts = {n: int((s < cut.to(s.device)).sum()) for n, s in flat.items()}
-    left = k - sum(counts.values())
-    tied = {n: s == cut.to(s.device) for n, s in flat.items()}
-    if tie_break is not None and left < sum(int(t.sum()) for t in tied.values()):
-        among = {n: tie_break(n).detach().reshape(-1).float()[t] for n, t in tied.items() if bool(t.any())}
-        for n, c in _smallest_counts(among, left).items():
-            counts[n] += c
-        return counts
-    for n, t in tied.items():
-        take = min(left, int(t.sum()))
-        counts[n] += take
-        left -= take
-    return counts

@@ -88,3 +88,31 @@ def sampled_kth_pair(flat: torch.Tensor, k: int, absolute: bool = False) -> tupl
     # The (rank + 1)-th without a second selection: kth itself when ties run past the rank, else the next value up.
     above = torch.where(sample > kth, sample, torch.full_like(sample, float("inf"))).min()
     return kth, torch.where((sample <= kth).sum() > rank, kth, above)
+
+
+def global_budgets(scores: dict[str, torch.Tensor], target: float, tie_break=None) -> dict[str, int]:
+    """Per-layer zero counts from one ranking over all layers: the round(target * N) smallest scores overall are
+    pruned, and each layer's budget is how many of them it holds. Entries tied at the cut are ranked by
+    `tie_break(name)` (a tensor shaped like that layer's scores, comparable across layers) when given, else taken in
+    layer order."""
+    flat = {n: s.detach().reshape(-1).float() for n, s in scores.items()}
+    return _smallest_counts(flat, int(round(target * sum(s.numel() for s in flat.values()))), tie_break)
+
+
+def _smallest_counts(flat: dict[str, torch.Tensor], k: int, tie_break=None) -> dict[str, int]:
+    if k == 0:
+        return {n: 0 for n in flat}
+    cut = torch.kthvalue(torch.cat([s.cpu() for s in flat.values()]), k).values
+    counts = {n: int((s < cut.to(s.device)).sum()) for n, s in flat.items()}
+    left = k - sum(counts.values())
+    tied = {n: s == cut.to(s.device) for n, s in flat.items()}
+    if tie_break is not None and left < sum(int(t.sum()) for t in tied.values()):
+        among = {n: tie_break(n).detach().reshape(-1).float()[t] for n, t in tied.items() if bool(t.any())}
+        for n, c in _smallest_counts(among, left).items():
+            counts[n] += c
+        return counts
+    for n, t in tied.items():
+        take = min(left, int(t.sum()))
+        counts[n] += take
+        left -= take
+    return counts

@@ -227,6 +227,33 @@ def test_smart_scores_start_as_normalized_unit_norms():
         torch.testing.assert_close(group.score.detach(), norms / norms.mean())
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "global", "learned"])
+def test_smart_scores_start_again_from_the_weights_at_pruning_start_with_fresh_optimizer_state(distribution):
+    """The weights train in the dense stage and the scores do not: at pruning_start the scores are the normalized
+    unit norms of the weights then (the magnitudes global budgets rank), and Adam's state for them starts anew."""
+    model = tiny_bert()
+    pruner = get_pruner(apply_pruning(model, PDPConfig(method="smart", granularity="neuron", target_sparsity=0.5,
+                                                       sparsity_distribution=distribution, pruning_start=3,
+                                                       pruning_end=6, harden_at=8)))
+    pruner.set_total_steps(10)
+    params = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
+    optimizer = torch.optim.AdamW([{"params": params}, *pruner.optimizer_param_groups()], lr=1e-2)
+    pruner.set_optimizer(optimizer)
+    x = torch.randint(1, 60, (4, 8))
+    for step in range(4):
+        pruner.step(step)
+        if step == 3:
+            for group in pruner.groups:
+                torch.testing.assert_close(group.score.detach(), SmartMethod.init_scores(pruner.method, group))
+                assert group.score not in optimizer.state
+            assert any(not torch.equal(g.score.detach(), s) for g, s in zip(pruner.groups, started))
+        model(input_ids=x, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 0:
+            started = [g.score.detach().clone() for g in pruner.groups]  # apply_pruning's scores, untrained so far
+
+
 # -- sparsity_distribution="learned": the scores rank the layers, SMART shares one lambda ---------------------------
 def pool_scores(pruner):
     return torch.cat([g.score.detach().reshape(-1) for g in pruner.groups])

@@ -95,6 +95,9 @@ class MaskMethod:
     config_fields: tuple[str, ...] = ()
     learnable_scores: bool = False
     masks_before_pruning: bool = False  # train_weight also runs while nothing is pruned yet (scores learn from step 0)
+    # the scores start again from `init_scores` of the weights at pruning_start (with fresh optimizer state): the
+    # scores do not learn before then, while the weights do
+    restarts_scores: bool = False
     description: str = ""  # for model cards
 
     @classmethod

@@ -43,6 +43,7 @@ class SmartMethod(MaskMethod):
     name = "smart"
     config_fields = ("score_learning_rate", "smart_temperature_start", "smart_temperature_end")
     learnable_scores = True
+    restarts_scores = True
     description = "SMART pruner, learnable scores through a differentiable top-k (Ding et al. 2024, arXiv:2403.19969)"
 
     def __init__(self, temperature_start: float = 1.0, temperature_end: float = 0.01, shared_lambda: bool = False):
