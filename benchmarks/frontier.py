@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             print(f"frontier: running {name} at {time.strftime('%H:%M:%S')}", flush=True)
             quiet = QuietLock(args.quiet_lock)
-            started = None if method == "dense" else (lambda child: quiet.hold_while(child, args.quiet_seconds))
+            started = None if method == "dense" else (lambda child, quiet=quiet: quiet.hold_while(child, args.quiet_seconds))
             if run_one(name, demo_argv(method, setting, recipe, seed), args.out, started) and method != "dense":
                 try:
                     with quiet:

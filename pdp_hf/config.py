@@ -7,7 +7,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from .config_io import PRUNING_CONFIG_NAME, VERSION_KEY, ConfigIO, read_unit_costs  # noqa: F401  (this module's face)
 from .roles import ROLE_GROUPS, parse_role_map  # noqa: F401  (ROLE_GROUPS: part of this module's face)
@@ -91,7 +91,7 @@ class PDPConfig(ConfigIO):
     speed_seq_length: int = field(
         default=128, metadata={"help": "(target_speedup) Tokens per example of that timing (text models)."}
     )
-    speed_unit_costs: Optional[Union[dict, str]] = field(
+    speed_unit_costs: dict | str | None = field(
         default=None,
         metadata={
             "help": "(target_speedup) Prices to use instead of timing: seconds per forward of the dense model and "

@@ -17,6 +17,14 @@ from .config import PDPConfig
 from .fused import fusing_enabled
 from .methods import MaskMethod
 from .methods.base import relative_norms
+from .optimizers import (
+    _from_deepspeed,
+    _is_deepspeed,
+    _optimizer_chain,
+    _quantized_state,
+    _unwrap_optimizer,
+    optimizer_state,
+)
 from .schedules import PruningSchedule, zeros_at
 from .scores import SCORES_ATTR
 from .selection import global_budgets
@@ -278,6 +286,13 @@ class Pruner:
     @torch.no_grad()
     def _keep_zeros(self) -> None:
         state = optimizer_state(self.optimizer)
+        coded = _quantized_state(self.optimizer, state, self.modules.values())
+        if coded:  # a 0 code is not a zero moment (8-bit optimizers): keep multiplying the hard mask in instead
+            logger.info("pdp_hf: the optimizer keeps %s; the hardened masks stay in every forward instead of zeroing "
+                        "its state (the pruned weights are zeroed at finalize).", coded)
+            for group in self.groups:
+                group.zero_pruned_()
+            return
         for group in self.groups:
             group.zero_pruned_()
             for member in group.members:
@@ -345,32 +360,3 @@ class Pruner:
     def load_state(self, directory: str) -> None:
         """Restore budgets and hardened masks from a checkpoint written by `save_state` with the same config."""
         load_state(self, directory)
-
-
-def _optimizer_chain(optimizer) -> list:
-    """The optimizer and what it wraps, outermost first: accelerate's AcceleratedOptimizer (whose `step` runs the
-    inner one's, after unscaling, and only on steps that really update), DeepSpeed's ZeRO optimizer, the torch one."""
-    chain = [optimizer]
-    while hasattr(chain[-1], "optimizer"):
-        chain.append(chain[-1].optimizer)
-    return chain
-
-
-def _unwrap_optimizer(optimizer, attribute: str | None = None):
-    """The outermost optimizer in the chain that has `attribute` (None: the innermost one)."""
-    chain = _optimizer_chain(optimizer)
-    return next((o for o in chain if attribute is not None and hasattr(o, attribute)), chain[-1])
-
-
-def _from_deepspeed(obj) -> bool:
-    return type(obj).__module__.startswith("deepspeed")
-
-
-def _is_deepspeed(optimizer) -> bool:
-    """Whether DeepSpeed's optimizer is the given one or anywhere inside it."""
-    return any(_from_deepspeed(o) for o in _optimizer_chain(optimizer))
-
-
-def optimizer_state(optimizer) -> dict:
-    """`optimizer.state` (param -> dict of tensors) through wrappers such as accelerate's AcceleratedOptimizer."""
-    return getattr(_unwrap_optimizer(optimizer, "state"), "state", {})

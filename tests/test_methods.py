@@ -240,6 +240,7 @@ def test_smart_scores_start_again_from_the_weights_at_pruning_start_with_fresh_o
     optimizer = torch.optim.AdamW([{"params": params}, *pruner.optimizer_param_groups()], lr=1e-2)
     pruner.set_optimizer(optimizer)
     x = torch.randint(1, 60, (4, 8))
+    started = []
     for step in range(4):
         pruner.step(step)
         if step == 3:

@@ -223,3 +223,48 @@ def test_many_kinds_of_calls_do_not_hit_the_recompile_limit(fresh_kernels, monke
             w, _, t2, tau = _operands(shape, dtype) if len(shape) > 1 else (torch.randn(64).to(dtype), None,
                                                                             torch.tensor(0.5), torch.tensor(0.1))
             torch.testing.assert_close(KERNELS.forward(w, t2, tau, "compiled"), KERNELS.forward(w, t2, tau, "eager"))
+
+
+class CodedMomentumSGD(torch.optim.Optimizer):
+    """SGD with momentum kept as uint8 codes (as 8-bit optimizers keep theirs): code c means (c - 128) / 128 * scale,
+    so the code 0 is a momentum of -scale, not zero."""
+
+    def __init__(self, params, lr=0.05, scale=0.5):
+        super().__init__(params, dict(lr=lr, scale=scale))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                code = state.setdefault("momentum_code", torch.full_like(p, 128, dtype=torch.uint8))
+                momentum = (code.float() - 128) / 128 * group["scale"] * 0.9 + p.grad
+                state["momentum_code"] = (momentum / group["scale"] * 128 + 128).round().clamp(0, 255).to(torch.uint8)
+                p.sub_(group["lr"] * (state["momentum_code"].float() - 128) / 128 * group["scale"])
+
+
+def test_a_quantized_optimizer_state_keeps_the_mask_in_the_forward_instead_of_zeroing_codes(caplog):
+    """Silently wrong before: hardening wrote the code 0 into the pruned weights' momentum, which decodes to -scale, and
+    the forward used the weights as they were: the pruned weights trained again. Now the hard mask stays in the
+    forward, and finalize gives the exact zeros."""
+    batch = {"input_ids": torch.tensor(text_dataset(8)["input_ids"]), "labels": torch.tensor(text_dataset(8)["labels"])}
+    model = apply_pruning(tiny_bert(seed=3), PDPConfig(target_sparsity=0.6, pruning_start=0, pruning_end=2, harden_at=3))
+    optimizer = CodedMomentumSGD(model.parameters())
+    pruner = get_pruner(model)
+    pruner.set_total_steps(8)
+    pruner.set_optimizer(optimizer)
+    layer = model.bert.encoder.layer[0].output.dense
+    with caplog.at_level(logging.INFO, logger="pdp_hf.pruner"):
+        for step in range(8):
+            pruner.step(step)
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert "the optimizer keeps torch.uint8 state ('momentum_code')" in caplog.text
+    weight, _ = layer.pruned_weight_and_bias()
+    zeros = round(0.6 * layer.weight.numel())
+    assert int((weight == 0).sum()) == zeros  # what the forward uses
+    finalize_pruning(model)
+    assert int((layer.weight == 0).sum()) == zeros
