@@ -25,8 +25,9 @@ def test_grid_resumes_measures_and_writes_the_frontier_json(tmp_path, monkeypatc
         json.dump({"accuracy": 0.87, "sparsity": 0.0, "export": "outputs/frontier/dense_s42/export"}, f)
     ran, timed = [], []
 
-    def fake_run(name, argv, out_dir):
+    def fake_run(name, argv, out_dir, started=None):
         ran.append(name)
+        assert (started is None) == name.startswith("dense")  # pruned runs hold the quiet lock while they price
         if name.startswith("dense"):  # a teacher: its export appears where the next runs read it
             os.makedirs(tmp_path / argv[1] / "export")
             (tmp_path / argv[1] / "export" / "config.json").write_text("{}")
@@ -66,3 +67,26 @@ def test_long_recipe_distils_from_the_teacher_over_three_times_the_steps():
     assert flag["--max_steps"] == "1800" and flag["--train_samples"] == "57600" and flag["--warmup_steps"] == "90"
     assert "--max_steps" not in frontier.demo_argv("smart", "x2", "ftkd", 43)  # the 600-step recipe stays as it was
     assert frontier.run_name("smart", "x2", "ftkd3x", 42) in frontier.runs()
+
+
+def test_the_quiet_lock_holds_a_run_back_until_other_work_lets_go(tmp_path):
+    """Other work holding the lock (`flock FILE make test`) keeps a starting run stopped; then the grid holds it over
+    the run's first seconds."""
+    import fcntl
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    lock = str(tmp_path / "cpu.lock")
+    other = open(lock, "a")
+    fcntl.flock(other, fcntl.LOCK_EX)
+    child = subprocess.Popen([sys.executable, "-c", "print('ran')"], stdout=subprocess.PIPE, text=True)
+    threading.Timer(1.5, other.close).start()  # the other work ends after 1.5 s
+    start = time.time()
+    load_frontier().QuietLock(lock).hold_while(child, 0.5)
+    assert time.time() - start >= 1.5  # waited for the other holder
+    assert child.wait(timeout=30) == 0 and child.stdout.read() == "ran\n"
+    probe = open(lock, "a")
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released afterwards
+    probe.close()
