@@ -153,6 +153,36 @@ def check_model_folder(directory) -> None:
                                 "give the folder of an export or checkpoint, or a Hub id 'org/name'.")
 
 
+def _header_shapes(path: str) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors header (no tensor is read); `check_safetensors` has checked it."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def check_shrunk_shapes(directory: str, spec: dict) -> None:
+    """A per-layer shrunk export: every layer's kept sizes in `config.json` (`pdp_shrunk`) must be the shapes its
+    weights file holds. A config changed by hand otherwise ends in Transformers' generic size-mismatch error after a
+    table of reinitialized weights."""
+    shapes: dict[str, list[int]] = {}
+    files = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
+    for name in files:
+        shapes.update(_header_shapes(os.path.join(directory, name)))
+    linear = spec.get("linear", {}) if isinstance(spec, dict) else None
+    if not isinstance(linear, dict) or not files:
+        raise ValueError(f"{directory}/config.json: its pdp_shrunk entry is damaged, or the folder has no weights.")
+    if not any(f"{layer}.weight" in shapes for layer in linear):
+        return  # stored under other names (a model whose Transformers version renames keys on load, e.g. ViT)
+    for layer, sizes in linear.items():
+        stored = shapes.get(f"{layer}.weight")
+        if not (isinstance(sizes, list) and len(sizes) == 2) or stored is None or stored != [sizes[1], sizes[0]]:
+            raise ValueError(
+                f"{directory}: config.json (pdp_shrunk) gives {layer} {sizes} (in, out) features, but its weights file "
+                f"holds {'no such weight' if stored is None else f'a {stored} (out, in) weight'}. The config was "
+                "changed or belongs to another export: export it again."
+            )
+
+
 def check_safetensors(path: str) -> None:
     """Refuse, with the file's name, a safetensors file that is truncated, padded or not safetensors at all (its
     header is read, not its tensors): the loader's own error names neither the file nor the cause."""
@@ -205,9 +235,17 @@ def load_pruned(directory: str, model_class=None, optimize: bool | str = False, 
         if not isinstance(model_class, type) or not issubclass(model_class, nn.Module):  # an Auto class
             model_class = model_class._model_mapping[type(config)]
         model_class = shrunk_class(config, model_class)
+        check_shrunk_shapes(os.fspath(directory), config.pdp_shrunk)
     path = os.path.join(directory, COMPRESSED_WEIGHTS_NAME)
     if not os.path.isfile(path):
-        model = model_class.from_pretrained(directory, **kwargs)
+        try:
+            model = model_class.from_pretrained(directory, **kwargs)
+        except RuntimeError as err:
+            if not getattr(config, "pdp_shrunk", None) or "mismatch" not in str(err):
+                raise
+            raise ValueError(f"{directory}: its weights do not have the per-layer sizes config.json (pdp_shrunk) "
+                             "gives them (the table above names the layers). The config was changed or belongs to "
+                             "another export: export it again.") from None
     else:
         model = _load_compressed(path, config, model_class, **kwargs)
     if optimize:

@@ -211,6 +211,45 @@ def _meta(directory: str) -> dict:
         return dict(f.metadata())
 
 
+def shrunk_config_changed(tmp):
+    """A crash before (Transformers' size-mismatch error after a table of reinitialized weights): a per-layer shrunk
+    export whose config.json was given other kept sizes than its weights."""
+    from pdp_hf import export_pruned, finalize_pruning
+
+    model = apply_pruning(tiny_bert(), PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5,
+                                                 sparsity_distribution="global"))
+    get_pruner(model).set_total_steps(10)
+    get_pruner(model).step(1)
+    out = export_pruned(finalize_pruning(model), tmp / "shrunk", shrink=True)
+    path = os.path.join(out, "config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["pdp_shrunk"]["linear"]["bert.encoder.layer.0.intermediate.dense"] = [32, 40]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return _load(out)
+
+
+def shrunk_vit_config_changed(tmp):
+    """The same for a ViT, whose weights file keeps the key names of older Transformers."""
+    from pdp_hf import export_pruned, finalize_pruning
+    from tests.conftest import tiny_vit
+
+    model = apply_pruning(tiny_vit(), PDPConfig(granularity="neuron", target_sparsity=0.5,
+                                                sparsity_distribution="global"))
+    get_pruner(model).set_total_steps(10)
+    get_pruner(model).step(1)
+    out = export_pruned(finalize_pruning(model), tmp / "shrunk", shrink=True)
+    path = os.path.join(out, "config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    layer = next(name for name in config["pdp_shrunk"]["linear"] if name.endswith("fc1"))
+    config["pdp_shrunk"]["linear"][layer][1] += 8
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return _load(out)
+
+
 # (case, builds the input and returns the action, the error, what the message must say)
 REFUSALS = [
     (state_of_another_run, ValueError, r"pruning_state.safetensors belongs to another run.*target_sparsity.*\(0\.8, 0\.5\)"),
@@ -228,6 +267,9 @@ REFUSALS = [
     (bitmask_missing, ValueError, r"query.weight has no bitmask"),
     (tensor_added, ValueError, r"other tensors than its checksums list \(\['extra.weight'\]\)"),
     (unknown_format, ValueError, r"unknown compressed format 'bitmask-v9'"),
+    (shrunk_vit_config_changed, ValueError, r"its weights do not have the per-layer sizes config.json \(pdp_shrunk\)"),
+    (shrunk_config_changed, ValueError, r"config.json \(pdp_shrunk\) gives bert.encoder.layer.0.intermediate.dense "
+                                        r"\[32, 40\] \(in, out\) features, but its weights file holds a \[\d+, 32\]"),
 ]
 
 
