@@ -211,43 +211,40 @@ def _meta(directory: str) -> dict:
         return dict(f.metadata())
 
 
-def shrunk_config_changed(tmp):
-    """A crash before (Transformers' size-mismatch error after a table of reinitialized weights): a per-layer shrunk
-    export whose config.json was given other kept sizes than its weights."""
+def _shrunk_with_config_edited(tmp, model, granularity: str, edit):
+    """A per-layer shrunk export of `model` (global budgets at 50%) whose config.json `edit(linear sizes)` changed."""
     from pdp_hf import export_pruned, finalize_pruning
 
-    model = apply_pruning(tiny_bert(), PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5,
-                                                 sparsity_distribution="global"))
+    model = apply_pruning(model, PDPConfig(granularity=granularity, target_sparsity=0.5, sparsity_distribution="global"))
     get_pruner(model).set_total_steps(10)
     get_pruner(model).step(1)
     out = export_pruned(finalize_pruning(model), tmp / "shrunk", shrink=True)
     path = os.path.join(out, "config.json")
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
-    config["pdp_shrunk"]["linear"]["bert.encoder.layer.0.intermediate.dense"] = [32, 40]
+    edit(config["pdp_shrunk"]["linear"])
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f)
     return _load(out)
+
+
+def shrunk_config_changed(tmp):
+    """A crash before (Transformers' size-mismatch error after a table of reinitialized weights): a per-layer shrunk
+    export whose config.json was given other kept sizes than its weights."""
+    def edit(linear):
+        linear["bert.encoder.layer.0.intermediate.dense"] = [32, 40]
+
+    return _shrunk_with_config_edited(tmp, tiny_bert(), "attention=head,ffn=neuron", edit)
 
 
 def shrunk_vit_config_changed(tmp):
     """The same for a ViT, whose weights file keeps the key names of older Transformers."""
-    from pdp_hf import export_pruned, finalize_pruning
     from tests.conftest import tiny_vit
 
-    model = apply_pruning(tiny_vit(), PDPConfig(granularity="neuron", target_sparsity=0.5,
-                                                sparsity_distribution="global"))
-    get_pruner(model).set_total_steps(10)
-    get_pruner(model).step(1)
-    out = export_pruned(finalize_pruning(model), tmp / "shrunk", shrink=True)
-    path = os.path.join(out, "config.json")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    layer = next(name for name in config["pdp_shrunk"]["linear"] if name.endswith("fc1"))
-    config["pdp_shrunk"]["linear"][layer][1] += 8
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config, f)
-    return _load(out)
+    def edit(linear):
+        linear[next(name for name in linear if name.endswith("fc1"))][1] += 8
+
+    return _shrunk_with_config_edited(tmp, tiny_vit(), "neuron", edit)
 
 
 # (case, builds the input and returns the action, the error, what the message must say)
