@@ -171,14 +171,14 @@ def check_shrunk_shapes(directory: str, spec: dict) -> None:
     linear = spec.get("linear", {}) if isinstance(spec, dict) else None
     if not isinstance(linear, dict) or not files:
         raise ValueError(f"{directory}/config.json: its pdp_shrunk entry is damaged, or the folder has no weights.")
-    if not any(f"{layer}.weight" in shapes for layer in linear):
-        return  # stored under other names (a model whose Transformers version renames keys on load, e.g. ViT)
     for layer, sizes in linear.items():
         stored = shapes.get(f"{layer}.weight")
-        if not (isinstance(sizes, list) and len(sizes) == 2) or stored is None or stored != [sizes[1], sizes[0]]:
+        if stored is None:
+            continue  # stored under a legacy name: Transformers renames ViT's and DINOv2's keys on save
+        if not (isinstance(sizes, list) and len(sizes) == 2) or stored != [sizes[1], sizes[0]]:
             raise ValueError(
                 f"{directory}: config.json (pdp_shrunk) gives {layer} {sizes} (in, out) features, but its weights file "
-                f"holds {'no such weight' if stored is None else f'a {stored} (out, in) weight'}. The config was "
+                f"holds a {stored} (out, in) weight. The config was "
                 "changed or belongs to another export: export it again."
             )
 

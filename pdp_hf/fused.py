@@ -59,7 +59,8 @@ def unit_scores(groups: list) -> torch.Tensor:
 def signature(group) -> tuple:
     """Groups that fuse together: the same kind, member shapes and roles, dtype and device (a layer's FFN is one
     group per layer for `neuron`, so the FFNs of all layers form one class)."""
-    members = tuple((tuple(m.module.weight.shape), m.axis, m.width, m.module.bias is not None) for m in group.members)
+    members = tuple((tuple(m.module.weight.shape), m.axis, m.width, m.parts, m.module.bias is not None)
+                    for m in group.members)
     return group.kind, group.block_size, members, group.weight.dtype, group.weight.device
 
 
@@ -101,6 +102,8 @@ def stacked_squared_norms(groups: list, stacks: list[torch.Tensor]) -> torch.Ten
     for member, stacked in zip(groups[0].members, stacks):
         w2 = _float(stacked).square()
         count, rows, cols = w2.shape
+        if member.axis == 0 and member.parts > 1:  # as UnitGroup.squared_norms: the chunks summed first
+            w2 = w2.view(count, member.parts, -1, cols).sum(dim=1)
         part = w2.view(count, -1, member.width, cols).sum(dim=(2, 3)) if member.axis == 0 else (
             w2.view(count, rows, -1, member.width).sum(dim=(1, 3)))
         total = part if total is None else total + part
@@ -114,6 +117,8 @@ def apply_unit_masks(groups: list, stacks: list[torch.Tensor], mask: torch.Tenso
     out: list[dict] = [{} for _ in groups]
     for j, (member, stacked) in enumerate(zip(first.members, stacks)):
         per_feature = mask.repeat_interleave(member.width, dim=1)
+        if member.axis == 0 and member.parts > 1:
+            per_feature = per_feature.repeat(1, member.parts)
         weight_mask, bias_mask = (per_feature[:, :, None], per_feature) if member.axis == 0 else (
             per_feature[:, None, :], None)
         weights = stacked * weight_mask

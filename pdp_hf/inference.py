@@ -272,7 +272,7 @@ def shrink_neurons_for_config(model: nn.Module) -> int | None:
         kept[index] = int(keep.sum())
     if not kept:
         raise ValueError("shrink=True found no FFN layers with known roles in this model.")
-    width = model.get_submodule(next(iter(layers.values()))["ffn_in"]).out_features
+    width = model.get_submodule(next(iter(layers.values()))["ffn_out"]).in_features  # a gated FFN-in has 2x rows
     if all(k == width for k in kept.values()):
         return None
     if len(set(kept.values())) > 1:

@@ -27,7 +27,7 @@ from .methods import MaskMethod, get_method
 from .pruner import Pruner, global_budgets
 from .scores import SCORES_ATTR, PruningScores
 from .speed_budget import check_reachable, measure_unit_costs
-from .targets import find_targets, tied_targets
+from .targets import find_targets, heads_uncut, tied_targets
 from .units import Member, UnitGroup, build_unit_groups
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,10 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
     masked = [g for g in groups if _will_prune(g, config)]  # the others stay plain Linear
     costs = None
     if config.target_speedup is not None:  # priced on the plain model, before any class swap
+        uncut = heads_uncut(model)
+        if uncut and any(g.kind == "head" for g in groups):
+            raise ValueError(f"target_speedup cannot use heads on {type(model).__name__}: {uncut}, so pruned heads buy "
+                             "no speed. Prune FFN neurons for speed (granularity='neuron' or 'attention=...,ffn=neuron').")
         costs = (dict(config.speed_unit_costs) if config.speed_unit_costs is not None  # priced before, elsewhere
                  else measure_unit_costs(model, groups, config.speed_batch_size, config.speed_seq_length))
         check_reachable(costs, groups, config.target_speedup)

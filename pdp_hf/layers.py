@@ -11,7 +11,7 @@ import re
 
 from torch import nn
 
-from .targets import role_of
+from .targets import head_roles, parts_of, role_of
 
 
 def layer_match(name: str) -> re.Match:
@@ -39,13 +39,26 @@ def role_map(model: nn.Module, names: list[str]) -> dict[int, dict[str, str]]:
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
 
 
-def head_count(model: nn.Module, query_name: str) -> int:
-    """Heads of the attention that owns `query_name`: the attention module's own count (it differs from the
-    config's once heads were sliced out), else the config's."""
+def head_count(model: nn.Module, query_name: str, parts: int = 1) -> int:
+    """Heads of the attention that owns `query_name` (its Q, or fused QKV matrix of `parts` chunks): the attention
+    module's own count (it differs from the config's once heads were sliced out), else its rows over its `head_dim`
+    (ModernBERT keeps no count: its forward infers the heads from the shapes), else the config's."""
     attention = model.get_submodule(query_name.rpartition(".")[0])
-    for owner in (attention, getattr(model, "config", None)):
-        for attr in HEAD_COUNT_ATTRS:
-            value = getattr(owner, attr, None)
-            if isinstance(value, int) and value > 0:
-                return value
+    for attr in HEAD_COUNT_ATTRS:
+        value = getattr(attention, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    head_dim = getattr(attention, "head_dim", None)
+    if isinstance(head_dim, int) and head_dim > 0:
+        return model.get_submodule(query_name).out_features // (parts * head_dim)
+    for attr in HEAD_COUNT_ATTRS:
+        value = getattr(getattr(model, "config", None), attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
     raise ValueError("Head granularity needs the model's head count (config.num_attention_heads); none was found.")
+
+
+def layer_heads(model: nn.Module, roles: dict[str, str]) -> int:
+    """Heads of one layer from its role -> name map (separate Q/K/V or a fused QKV)."""
+    first = roles[head_roles(roles)[0]]
+    return head_count(model, first, parts_of(model, first))

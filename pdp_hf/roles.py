@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # role group -> the roles (pdp_hf.targets) it spans
-ROLE_GROUPS = {"attention": ("query", "key", "value", "attn_out"), "ffn": ("ffn_in", "ffn_out")}
+ROLE_GROUPS = {"attention": ("query", "key", "value", "qkv", "attn_out"), "ffn": ("ffn_gate", "ffn_in", "ffn_out")}
 
 
 def parse_role_map(value: str, what: str, allowed: tuple[str, ...] | None = None) -> dict[str, str]:

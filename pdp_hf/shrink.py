@@ -10,6 +10,7 @@ layout ONNX Runtime and Optimum's `ORTModelFor*.from_pretrained(dir)` read.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -18,9 +19,11 @@ from torch import nn
 from .atomic import atomic_write_text
 from .dummy_inputs import dummy_inputs
 from .inference import _FFN_SIZE_ATTRS, shrink_neurons_for_config
-from .layers import head_count, role_map
+from .layers import layer_heads, role_map
 from .slicing import _keep_at_least_one, removable_heads, removable_neurons, slice_structure
-from .targets import find_targets
+from .targets import find_targets, head_roles, heads_uncut
+
+logger = logging.getLogger(__name__)
 
 MODELING_FILE = "modeling_pdp_shrunk.py"
 ONNX_FILE = "model.onnx"
@@ -41,18 +44,21 @@ def _template_module():
 @torch.no_grad()
 def kept_sizes(model: nn.Module) -> dict[int, dict[str, list[int]]]:
     """Per layer index: {"heads": [kept, total], "neurons": [kept, total]} of what slicing would keep (a layer with
-    every unit pruned keeps one all-zero unit)."""
+    every unit pruned keeps one all-zero unit; heads that this architecture cannot cut out are all kept)."""
     layers = {}
+    uncut = heads_uncut(model)
     for index, roles in sorted(role_map(model, find_targets(model, None)).items()):
         sizes = {}
         if {"ffn_in", "ffn_out"} <= roles.keys():
             keep = _keep_at_least_one(~removable_neurons(model.get_submodule(roles["ffn_in"]),
                                                          model.get_submodule(roles["ffn_out"])))
             sizes["neurons"] = [int(keep.sum()), int(keep.numel())]
-        if {"query", "key", "value", "attn_out"} <= roles.keys():
-            heads = head_count(model, roles["query"])
+        if head_roles(roles):
+            heads = layer_heads(model, roles)
             keep = _keep_at_least_one(~removable_heads(model.get_submodule(roles["attn_out"]), heads))
-            sizes["heads"] = [int(keep.sum()), heads]
+            if uncut and not bool(keep.all()):
+                logger.warning("Layer %d keeps its %d pruned heads as zeros: %s.", index, int((~keep).sum()), uncut)
+            sizes["heads"] = [heads if uncut else int(keep.sum()), heads]
         layers[index] = sizes
     return layers
 
@@ -65,7 +71,10 @@ def auto_class_names(model: nn.Module) -> list[str]:
     names = []
     for name, auto in vars(modeling_auto).items():
         mapping = getattr(getattr(auto, "_model_mapping", None), "_model_mapping", None)
-        if name.startswith("AutoModel") and isinstance(mapping, dict) and mapping.get(model_type) == type(model).__name__:
+        if not (name.startswith("AutoModel") and isinstance(mapping, dict)):
+            continue
+        classes = mapping.get(model_type)
+        if type(model).__name__ in (classes if isinstance(classes, (tuple, list)) else (classes,)):  # DeiT: two
             names.append(name)
     return sorted(names)
 
@@ -90,13 +99,13 @@ def shrink_for_export(model: nn.Module) -> dict | None:
     if not heads_cut and all(kept == total for kept, total in neurons):
         return None
     before = {name: tuple(m.weight.shape) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    slice_structure(model)
+    slice_structure(model, heads=heads_cut)
     linear = {name: [m.in_features, m.out_features] for name, m in model.named_modules()
               if isinstance(m, nn.Linear) and name in before and tuple(m.weight.shape) != before[name]}
     heads = {}
     for index, roles in sorted(role_map(model, find_targets(model, None)).items()):
         if "heads" in sizes[index] and sizes[index]["heads"][0] < sizes[index]["heads"][1]:
-            heads[roles["query"].rpartition(".")[0]] = sizes[index]["heads"][0]
+            heads[roles[head_roles(roles)[0]].rpartition(".")[0]] = sizes[index]["heads"][0]
     autos = auto_class_names(model)
     if not autos:
         raise ValueError(f"{type(model).__name__} is not a class any AutoModel* loads, so the shrunk export could not "

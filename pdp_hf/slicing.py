@@ -6,12 +6,16 @@ timing. Layers may keep different numbers; a layer with every unit pruned keeps 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from .attached import get_pruner
-from .layers import HEAD_COUNT_ATTRS, head_count, role_map
-from .targets import find_targets
+from .layers import HEAD_COUNT_ATTRS, layer_heads, role_map
+from .targets import find_targets, head_roles, heads_uncut, neuron_roles, parts_of
+
+logger = logging.getLogger(__name__)
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -59,6 +63,11 @@ def removable_heads(attn_out: nn.Linear, num_heads: int) -> torch.Tensor:
     return (attn_out.weight == 0).view(attn_out.out_features, num_heads, width).all(dim=2).all(dim=0)
 
 
+def _chunked(idx: torch.Tensor, parts: int, chunk: int) -> torch.Tensor:
+    """Row indices `idx` of one chunk, repeated in each of `parts` chunks of `chunk` rows (fused Q|K|V, gated FFN-in)."""
+    return torch.cat([idx + p * chunk for p in range(parts)]) if parts > 1 else idx
+
+
 def _slice_neurons(model, index: int, roles: dict[str, str]) -> tuple[int, int] | None:
     ffn_in, ffn_out = model.get_submodule(roles["ffn_in"]), model.get_submodule(roles["ffn_out"])
     keep = _keep_at_least_one(~removable_neurons(ffn_in, ffn_out))
@@ -66,15 +75,18 @@ def _slice_neurons(model, index: int, roles: dict[str, str]) -> tuple[int, int] 
     if int(keep.sum()) == total:
         return None
     idx = keep.nonzero().view(-1)
-    _replace(model, roles["ffn_in"], _sliced_linear(ffn_in, rows=idx))
+    for role in neuron_roles(roles)[:-1]:  # FFN-in (and a SwiGLU gate): rows, in each part of a fused matrix
+        rows = _chunked(idx, parts_of(model, roles[role]), total)
+        _replace(model, roles[role], _sliced_linear(model.get_submodule(roles[role]), rows=rows))
     _replace(model, roles["ffn_out"], _sliced_linear(ffn_out, cols=idx))
     return int(keep.sum()), total
 
 
 def _slice_heads(model, index: int, roles: dict[str, str]) -> tuple[int, int] | None:
     # The module that owns the head bookkeeping (BertSelfAttention, ViTAttention, DistilBERT's attention).
-    attention = model.get_submodule(roles["query"].rpartition(".")[0])
-    heads = head_count(model, roles["query"])
+    layout = head_roles(roles)
+    attention = model.get_submodule(roles[layout[0]].rpartition(".")[0])
+    heads = layer_heads(model, roles)
     attn_out = model.get_submodule(roles["attn_out"])
     keep = _keep_at_least_one(~removable_heads(attn_out, heads))
     if int(keep.sum()) == heads:
@@ -82,8 +94,9 @@ def _slice_heads(model, index: int, roles: dict[str, str]) -> tuple[int, int] | 
     width = attn_out.in_features // heads
     idx = (keep.nonzero().view(-1, 1) * width + torch.arange(width, device=keep.device)).view(-1)
     idx = idx.to(attn_out.weight.device)
-    for role in ("query", "key", "value"):
-        _replace(model, roles[role], _sliced_linear(model.get_submodule(roles[role]), rows=idx))
+    for role in layout[:-1]:
+        rows = _chunked(idx, parts_of(model, roles[role]), heads * width)
+        _replace(model, roles[role], _sliced_linear(model.get_submodule(roles[role]), rows=rows))
     _replace(model, roles["attn_out"], _sliced_linear(attn_out, cols=idx))
     kept = int(keep.sum())
     for attr in HEAD_COUNT_ATTRS:  # the forward reshapes with view(..., -1, head_dim); keep the bookkeeping true
@@ -106,12 +119,17 @@ def slice_structure(model: nn.Module, heads: bool = True, neurons: bool = True) 
         raise ValueError("This model still carries pruning masks; call finalize_pruning(model) (or export) first.")
     names = find_targets(model, None)
     result: dict[str, dict[int, list[int]]] = {"neurons": {}, "heads": {}}
-    for index, roles in sorted(role_map(model, names).items()):
+    layers = sorted(role_map(model, names).items())
+    uncut = heads_uncut(model) if heads else None
+    if uncut and any(bool(removable_heads(model.get_submodule(r["attn_out"]), layer_heads(model, r)).any())
+                     for _, r in layers if head_roles(r)):
+        logger.warning("Pruned heads stay in this model as zeros (only FFN neurons are cut): %s.", uncut)
+    for index, roles in layers:
         if neurons and {"ffn_in", "ffn_out"} <= roles.keys():
             sliced = _slice_neurons(model, index, roles)
             if sliced:
                 result["neurons"][index] = list(sliced)
-        if heads and {"query", "key", "value", "attn_out"} <= roles.keys():
+        if heads and not uncut and head_roles(roles):
             sliced = _slice_heads(model, index, roles)
             if sliced:
                 result["heads"][index] = list(sliced)

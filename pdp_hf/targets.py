@@ -8,38 +8,113 @@ pruning is never a silent no-op.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from torch import nn
 
 _BERT_LIKE = {
-    "query": [r"encoder\.layer\.\d+\.attention\.self\.query$"],
-    "key": [r"encoder\.layer\.\d+\.attention\.self\.key$"],
-    "value": [r"encoder\.layer\.\d+\.attention\.self\.value$"],
-    "attn_out": [r"encoder\.layer\.\d+\.attention\.output\.dense$"],
-    "ffn_in": [r"encoder\.layer\.\d+\.intermediate\.dense$"],
-    "ffn_out": [r"encoder\.layer\.\d+\.output\.dense$"],
+    "query": (r"encoder\.layer\.\d+\.attention\.self\.query$",),
+    "key": (r"encoder\.layer\.\d+\.attention\.self\.key$",),
+    "value": (r"encoder\.layer\.\d+\.attention\.self\.value$",),
+    "attn_out": (r"encoder\.layer\.\d+\.attention\.output\.dense$",),
+    "ffn_in": (r"encoder\.layer\.\d+\.intermediate\.dense$",),
+    "ffn_out": (r"encoder\.layer\.\d+\.output\.dense$",),
+}
+# q/k/v/o_proj + mlp.fc1/fc2: ViT (Transformers 5), DeiT and DINOv2; DINOv2's SwiGLU FFN is gate/up/down_proj
+_PROJ_MLP = {
+    "query": (r"layers?\.\d+\.attention\.q_proj$",),
+    "key": (r"layers?\.\d+\.attention\.k_proj$",),
+    "value": (r"layers?\.\d+\.attention\.v_proj$",),
+    "attn_out": (r"layers?\.\d+\.attention\.o_proj$",),
+    "ffn_gate": (r"layers?\.\d+\.mlp\.gate_proj$",),
+    "ffn_in": (r"layers?\.\d+\.mlp\.fc1$", r"layers?\.\d+\.mlp\.up_proj$"),
+    "ffn_out": (r"layers?\.\d+\.mlp\.fc2$", r"layers?\.\d+\.mlp\.down_proj$"),
 }
 
-ROLE_TABLE: dict[str, dict[str, list[str]]] = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "distilbert": {
-        "query": [r"transformer\.layer\.\d+\.attention\.q_lin$"],
-        "key": [r"transformer\.layer\.\d+\.attention\.k_lin$"],
-        "value": [r"transformer\.layer\.\d+\.attention\.v_lin$"],
-        "attn_out": [r"transformer\.layer\.\d+\.attention\.out_lin$"],
-        "ffn_in": [r"transformer\.layer\.\d+\.ffn\.lin1$"],
-        "ffn_out": [r"transformer\.layer\.\d+\.ffn\.lin2$"],
-    },
-    "vit": {
-        "query": [r"layers\.\d+\.attention\.q_proj$", r"encoder\.layer\.\d+\.attention\.attention\.query$"],
-        "key": [r"layers\.\d+\.attention\.k_proj$", r"encoder\.layer\.\d+\.attention\.attention\.key$"],
-        "value": [r"layers\.\d+\.attention\.v_proj$", r"encoder\.layer\.\d+\.attention\.attention\.value$"],
-        "attn_out": [r"layers\.\d+\.attention\.o_proj$", r"encoder\.layer\.\d+\.attention\.output\.dense$"],
-        "ffn_in": [r"layers\.\d+\.mlp\.fc1$", r"encoder\.layer\.\d+\.intermediate\.dense$"],
-        "ffn_out": [r"layers\.\d+\.mlp\.fc2$", r"encoder\.layer\.\d+\.output\.dense$"],
-    },
+
+def _deberta_heads(config) -> str | None:
+    if getattr(config, "relative_attention", False) and not getattr(config, "share_att_key", False) and (
+            getattr(config, "pos_att_type", None)):
+        return ("this DeBERTa config has share_att_key=False: each attention also projects the relative positions "
+                "with its own pos_key_proj/pos_query_proj, whose rows belong to heads but are not pruning targets")
+    return None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One supported model type, as data.
+
+    `roles`: role -> the regexes of the module names that play it (every spelling we know). A head spans the rows
+    of `query`, `key` and `value` (or of one fused `qkv`) and the columns of `attn_out`; an FFN neuron a row of
+    `ffn_in` and a column of `ffn_out`. `parts`: role -> the number of equal row chunks of that matrix, each holding
+    every unit in order: a fused Q|K|V matrix has 3, a gated FFN-in (value|gate, or gate|value) 2; a unit then spans
+    its rows in every chunk. `parts` is keyed by the end of the module name (a model type may have gated and plain
+    FFNs, as DINOv2 with and without `use_swiglu_ffn`). `heads_uncut`: config -> why heads cannot be cut out of this model (None: they can);
+    such heads can be pruned (their weights are zero) but stay in shrunk and sliced models.
+    """
+
+    roles: dict
+    parts: dict = field(default_factory=dict)
+    heads_uncut: Callable | None = None
+
+
+_MPNET_HEADS = ("MPNet adds one relative-position bias per head, computed once and shared by every layer "
+                "(encoder.relative_attention_bias), so one layer cannot lose heads while the bias keeps them all")
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": Architecture(_BERT_LIKE),
+    "roberta": Architecture(_BERT_LIKE),
+    "xlm-roberta": Architecture(_BERT_LIKE),
+    "electra": Architecture(_BERT_LIKE),
+    "deberta-v2": Architecture({**_BERT_LIKE, **{
+        r: (rf"encoder\.layer\.\d+\.attention\.self\.{r}_proj$",) for r in ("query", "key", "value")}},
+        heads_uncut=_deberta_heads),
+    "mpnet": Architecture({
+        **{role: (rf"encoder\.layer\.\d+\.attention\.attn\.{short}$",)
+           for role, short in (("query", "q"), ("key", "k"), ("value", "v"), ("attn_out", "o"))},
+        "ffn_in": _BERT_LIKE["ffn_in"], "ffn_out": _BERT_LIKE["ffn_out"]}, heads_uncut=lambda config: _MPNET_HEADS),
+    "distilbert": Architecture({
+        "query": (r"transformer\.layer\.\d+\.attention\.q_lin$",),
+        "key": (r"transformer\.layer\.\d+\.attention\.k_lin$",),
+        "value": (r"transformer\.layer\.\d+\.attention\.v_lin$",),
+        "attn_out": (r"transformer\.layer\.\d+\.attention\.out_lin$",),
+        "ffn_in": (r"transformer\.layer\.\d+\.ffn\.lin1$",),
+        "ffn_out": (r"transformer\.layer\.\d+\.ffn\.lin2$",),
+    }),
+    "vit": Architecture({  # Transformers 5 spells ViT like DeiT; the older spelling is BERT's under .attention.attention
+        role: _PROJ_MLP[role] + tuple(p.replace(r"\.self\.", r"\.attention\.") for p in _BERT_LIKE[role])
+        for role in _BERT_LIKE}),
+    "deit": Architecture(_PROJ_MLP),
+    "dinov2": Architecture(_PROJ_MLP),
+    "modernbert": Architecture({
+        "qkv": (r"layers\.\d+\.attn\.Wqkv$",),
+        "attn_out": (r"layers\.\d+\.attn\.Wo$",),
+        "ffn_in": (r"layers\.\d+\.mlp\.Wi$",),
+        "ffn_out": (r"layers\.\d+\.mlp\.Wo$",),
+    }, parts={"attn.Wqkv": 3, "mlp.Wi": 2}),  # fused Q|K|V; gated FFN-in: value|gate
 }
+# role -> regexes per model type (the tables above without their layouts)
+ROLE_TABLE: dict[str, dict] = {name: arch.roles for name, arch in ARCHITECTURES.items()}
+
+
+def architecture(model_or_type) -> Architecture | None:
+    """The entry of a model (or a model_type string), None for a type without one."""
+    model_type = model_or_type if isinstance(model_or_type, str) or model_or_type is None else _model_type(model_or_type)
+    return ARCHITECTURES.get(model_type or "")
+
+
+def parts_of(model, name: str) -> int:
+    """Row chunks of the targeted matrix `name` (see Architecture.parts)."""
+    arch = architecture(model)
+    found = [n for suffix, n in (arch.parts if arch else {}).items() if name == suffix or name.endswith("." + suffix)]
+    return found[0] if found else 1
+
+
+def heads_uncut(model) -> str | None:
+    """Why this model's heads cannot be cut out (None when they can)."""
+    arch = architecture(model)
+    return None if arch is None or arch.heads_uncut is None else arch.heads_uncut(getattr(model, "config", None))
 
 
 def _model_type(model: nn.Module) -> str | None:
@@ -48,11 +123,54 @@ def _model_type(model: nn.Module) -> str | None:
 
 
 def role_of(model_type: str | None, name: str) -> str:
-    """The role (query, key, value, attn_out, ffn_in, ffn_out) of a module name, or 'other'."""
-    for role, patterns in ROLE_TABLE.get(model_type or "", {}).items():
-        if any(re.search(p, name) for p in patterns):
-            return role
-    return "other"
+    """The role (query, key, value, qkv, attn_out, ffn_gate, ffn_in, ffn_out) of a module name, or 'other'."""
+    arch = ARCHITECTURES.get(model_type or "")
+    found = [role for role, patterns in (arch.roles if arch else {}).items() if any(re.search(p, name) for p in patterns)]
+    if len(found) > 1:
+        raise ValueError(f"The role table of model_type={model_type!r} gives {name!r} several roles ({found}); each "
+                         "module plays one. Fix the table (pdp_hf.targets.ARCHITECTURES).")
+    return found[0] if found else "other"
+
+
+# the roles one head spans (separate Q, K, V or one fused QKV, then the output projection), and one FFN neuron
+# (FFN-in, or a gate and FFN-in as in SwiGLU, then FFN-out): rows of all but the last, columns of the last
+HEAD_LAYOUTS = (("query", "key", "value", "attn_out"), ("qkv", "attn_out"))
+NEURON_LAYOUTS = (("ffn_gate", "ffn_in", "ffn_out"), ("ffn_in", "ffn_out"))
+
+
+def head_roles(roles) -> tuple[str, ...] | None:
+    """The head layout whose roles are all in `roles` (a layer's role -> name), None when none is complete."""
+    return next((layout for layout in HEAD_LAYOUTS if set(layout) <= set(roles)), None)
+
+
+def neuron_roles(roles) -> tuple[str, ...] | None:
+    """The FFN layout whose roles are all in `roles`, None when none is complete."""
+    return next((layout for layout in NEURON_LAYOUTS if set(layout) <= set(roles)), None)
+
+
+def check_role_table(model_type: str, names: list[str]) -> None:
+    """Every numbered layer of the default targets `names` holds whole heads and whole neurons, each role once: a
+    wrong or partial role table (a spelling that changed, a missing role) fails here, naming the layer and role."""
+    layers: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        match = re.search(r"\.(\d+)\.", name)
+        if match is not None:
+            layers.setdefault(match.group(1), {}).setdefault(role_of(model_type, name), []).append(name)
+    for index, roles in layers.items():
+        twice = {role: found for role, found in roles.items() if len(found) > 1}
+        attention = {r for r in roles if r in {r for layout in HEAD_LAYOUTS for r in layout}}
+        ffn = {r for r in roles if r in {r for layout in NEURON_LAYOUTS for r in layout}}
+        problem = None
+        if twice:
+            problem = f"these roles match several modules: {twice}"
+        elif attention and not any(attention == set(layout) for layout in HEAD_LAYOUTS):
+            problem = f"its attention roles are {sorted(attention)}, not one of {[list(x) for x in HEAD_LAYOUTS]}"
+        elif ffn and not any(ffn == set(layout) for layout in NEURON_LAYOUTS):
+            problem = f"its FFN roles are {sorted(ffn)}, not one of {[list(x) for x in NEURON_LAYOUTS]}"
+        if problem:
+            raise ValueError(f"The role table of model_type={model_type!r} is wrong or partial for this model: in "
+                             f"layer {index}, {problem}. Fix pdp_hf.targets.ARCHITECTURES, or pass "
+                             "PDPConfig(target_modules=[...]).")
 
 
 def _linear_names(model: nn.Module) -> list[str]:
@@ -82,13 +200,14 @@ def find_targets(model: nn.Module, target_modules: list[str] | None) -> list[str
     linears = _linear_names(model)
     if target_modules is None:
         model_type = _model_type(model)
-        if model_type not in ROLE_TABLE:
+        if model_type not in ARCHITECTURES:
             raise ValueError(
                 f"pdp_hf has no default target modules for model_type={model_type!r} "
-                f"(defaults exist for {sorted(ROLE_TABLE)}). Pass PDPConfig(target_modules=[...]) with names, "
+                f"(defaults exist for {sorted(ARCHITECTURES)}). Pass PDPConfig(target_modules=[...]) with names, "
                 f"suffixes or one regex. The model's Linear layers: {_preview(linears)}."
             )
         matched = [n for n in linears if role_of(model_type, n) != "other"]
+        check_role_table(model_type, matched)
         subclassed = sorted({type(modules[n]).__name__ for n in matched if type(modules[n]) is not nn.Linear})
         if subclassed:
             raise ValueError(

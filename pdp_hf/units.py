@@ -27,7 +27,7 @@ from torch import nn
 from .kernels import mask_gradient
 from .layers import head_count, layer_index, layer_match, role_map
 from .roles import ROLE_GROUPS, parse_role_map
-from .targets import role_of
+from .targets import head_roles, neuron_roles, parts_of, role_of
 
 __all__ = ["Member", "UnitGroup", "build_unit_groups", "multiplier", "multiplier_dtype", "ROLE_GROUPS", "STRUCTURED",
            "parse_role_map"]
@@ -38,12 +38,14 @@ STRUCTURED = ("neuron", "head")
 @dataclass
 class Member:
     """One Linear layer of a group; for neurons/heads, `axis` 0 means units are row blocks (output features, with
-    their bias entries) and 1 column blocks (input features) of `width` each."""
+    their bias entries) and 1 column blocks (input features) of `width` each. With `parts` > 1 the rows are that
+    many equal chunks (a fused Q|K|V matrix, a gated FFN-in), each holding every unit's block in order."""
 
     name: str
     module: nn.Linear
     axis: int = 0
     width: int = 1
+    parts: int = 1
 
 
 @dataclass(eq=False)
@@ -112,7 +114,7 @@ class UnitGroup:
         if self.kind == "n:m":
             return (rows, cols // self.m, self.m)
         first = self.members[0]
-        return (first.module.weight.shape[first.axis] // first.width,)
+        return (first.module.weight.shape[first.axis] // (first.width * first.parts),)
 
     @property
     def num_units(self) -> int:
@@ -149,6 +151,8 @@ class UnitGroup:
         total = None
         for member in self.members:
             w2 = weight_of(member).float().square()
+            if member.axis == 0 and member.parts > 1:  # each chunk's rows first, then the chunks
+                w2 = w2.view(member.parts, -1, w2.shape[1]).sum(dim=0)
             part = w2.view(-1, member.width, w2.shape[1]).sum(dim=(1, 2)) if member.axis == 0 else (
                 w2.view(w2.shape[0], -1, member.width).sum(dim=(0, 2))
             )
@@ -173,6 +177,7 @@ class UnitGroup:
             return mask.repeat_interleave(b, 0).repeat_interleave(b, 1), None
         per_feature = mask.repeat_interleave(member.width)
         if member.axis == 0:
+            per_feature = per_feature.repeat(member.parts) if member.parts > 1 else per_feature
             return per_feature[:, None], per_feature
         return per_feature[None, :], None
 
@@ -332,9 +337,10 @@ def _not_covered(granularity: str, name: str, role: str, kind: str | None) -> st
 
 
 def _structured_group(model, name: str, kind: str, layers) -> UnitGroup:
-    needed = _roles_of(kind)
     index = layer_index(name)
     present = layers.get(index, {})
+    needed = (neuron_roles(present) or ("ffn_in", "ffn_out") if kind == "neuron"
+              else head_roles(present) or ("query", "key", "value", "attn_out"))
     missing = [r for r in needed if r not in present]
     if missing:
         raise ValueError(
@@ -342,18 +348,20 @@ def _structured_group(model, name: str, kind: str, layers) -> UnitGroup:
             f"lack {missing}. Target all of them (the default targets do) or use a per-weight granularity."
         )
     modules = {r: model.get_submodule(present[r]) for r in needed}
+    parts = {r: parts_of(model, present[r]) for r in needed}
     if kind == "neuron":
-        members = [Member(present["ffn_in"], modules["ffn_in"], 0, 1), Member(present["ffn_out"], modules["ffn_out"], 1, 1)]
-        units = modules["ffn_in"].out_features
-        if modules["ffn_out"].in_features != units:
-            raise ValueError(f"Layer {index}: FFN-in has {units} outputs but FFN-out {modules['ffn_out'].in_features} inputs.")
+        units = modules["ffn_out"].in_features
+        width = 1
     else:
-        heads = head_count(model, present["query"])
-        width = modules["query"].out_features // heads
-        sizes = {r: (modules[r].in_features if r == "attn_out" else modules[r].out_features) for r in needed}
-        if any(size != heads * width for size in sizes.values()):
-            raise ValueError(f"Layer {index}: attention sizes {sizes} do not split into {heads} heads of {width}.")
-        members = [Member(present[r], modules[r], 1 if r == "attn_out" else 0, width) for r in needed]
+        units = head_count(model, present[needed[0]], parts[needed[0]])
+        width = modules["attn_out"].in_features // units
+    # rows of each row-member, columns of the output projection: units x width (x parts)
+    sizes = {r: (modules[r].in_features if r in ("attn_out", "ffn_out") else modules[r].out_features) for r in needed}
+    expected = {r: parts[r] * units * width for r in needed}
+    if sizes != expected:
+        raise ValueError(f"Layer {index}: the {kind} matrices have sizes {sizes}, which do not split into {units} "
+                         f"{kind}s of {width} ({expected} expected; the role table's parts: {parts}).")
+    members = [Member(present[r], modules[r], 1 if r in ("attn_out", "ffn_out") else 0, width, parts[r]) for r in needed]
     prefix = name[: layer_match(name).end(1)]  # e.g. "bert.encoder.layer.3"
     return UnitGroup(f"{prefix}:{kind}s", kind, members, pool=kind)
 

@@ -255,7 +255,7 @@ def test_export_loads_in_plain_transformers_with_equal_logits(factory, dataset, 
 def test_structured_granularity_needs_every_member(make_args):
     with pytest.raises(ValueError, match="layer 0 targets lack \\['key', 'value', 'attn_out'\\]"):
         apply_pruning(tiny_bert(), PDPConfig(granularity="head", target_modules=["layer.0.attention.self.query"]))
-    with pytest.raises(ValueError, match="'neuron' covers roles \\['ffn_in', 'ffn_out'\\]"):
+    with pytest.raises(ValueError, match="'neuron' covers roles \\['ffn_gate', 'ffn_in', 'ffn_out'\\]"):
         apply_pruning(tiny_bert(), PDPConfig(granularity="neuron", target_modules=["query", "intermediate.dense", "output.dense"]))
 
 

@@ -7,8 +7,8 @@ It loads where pdp_hf is not installed, with torch and transformers only:
 `config.json` records the kept sizes in `pdp_shrunk`: `linear` maps each cut Linear (its name in the exported model)
 to `[in_features, out_features]`, `heads` maps each attention module to its kept head count. The model is built at
 the sizes of its config, then those modules are rebuilt at the kept sizes, and only then do the weights load. The
-attention code of BERT, RoBERTa, DistilBERT and ViT reshapes with `view(..., -1, head_dim)`, so a layer with fewer
-heads needs only its Q/K/V rows, its output-projection columns and its head count changed.
+attention code of the encoders pdp_hf supports reshapes with `view(..., -1, head_dim)`, so a layer with fewer heads
+needs only its Q/K/V rows (of each third of a fused QKV), its output-projection columns and its head count changed.
 """
 
 from torch import nn
@@ -32,6 +32,8 @@ def shrink_modules(model: nn.Module, spec: dict) -> nn.Module:
         before = next((getattr(attention, a) for a in HEAD_COUNT_ATTRS if isinstance(getattr(attention, a, None), int)),
                       None)
         if before is None:
+            if isinstance(getattr(attention, "head_dim", None), int):
+                continue  # no count kept (ModernBERT): the forward takes the heads from the shapes
             raise ValueError(f"config.pdp_shrunk names {name!r}, which holds no head count ({HEAD_COUNT_ATTRS}).")
         for attr in HEAD_COUNT_ATTRS:
             if isinstance(getattr(attention, attr, None), int):

@@ -1,0 +1,270 @@
+"""Every architecture of the role table (pdp_hf.targets.ARCHITECTURES) beyond BERT, RoBERTa, DistilBERT and ViT, as a
+tiny model built from config: each granularity the issue names, with PDP and SMART, gives the exact counts after
+finalize (checked on the weights, with the layouts written out here, not through pdp_hf's unit code); the plain,
+shrunk (modeling file and ONNX) and compressed exports load with equal logits, the shrunk and plain ones in a process
+where `import pdp_hf` fails; a broken role table fails loudly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers as T
+
+from pdp_hf import PDPConfig, apply_pruning, export_pruned, finalize_pruning, get_pruner, load_pruned, sparsity_report
+from pdp_hf.layers import role_map
+from pdp_hf.targets import ARCHITECTURES, Architecture, find_targets, role_of
+
+onnxruntime = pytest.importorskip("onnxruntime", reason='pip install "pdp-hf[onnx]" (make test installs it)')
+
+LAYERS, HEADS, HIDDEN = 2, 4, 32
+TEXT = dict(vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+            intermediate_size=64, max_position_embeddings=40, num_labels=3)
+IMAGE = dict(image_size=8, patch_size=4, num_channels=1, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+             num_attention_heads=HEADS, num_labels=3)
+# name -> (model class, config); DeBERTa-v3's attention: relative positions projected by the heads' own Q and K
+MODELS = {
+    "xlm-roberta": (T.XLMRobertaForSequenceClassification, lambda: T.XLMRobertaConfig(**TEXT)),
+    "electra": (T.ElectraForSequenceClassification, lambda: T.ElectraConfig(embedding_size=HIDDEN, **TEXT)),
+    "deberta-v3": (T.DebertaV2ForSequenceClassification, lambda: T.DebertaV2Config(
+        relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=8,
+        norm_rel_ebd="layer_norm", position_biased_input=False, **TEXT)),
+    "deberta-v2-own-pos": (T.DebertaV2ForSequenceClassification, lambda: T.DebertaV2Config(
+        relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=False, **TEXT)),
+    "mpnet": (T.MPNetForSequenceClassification, lambda: T.MPNetConfig(**TEXT)),
+    "modernbert": (T.ModernBertForSequenceClassification, lambda: T.ModernBertConfig(
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, attention_bias=True,
+        mlp_bias=True, **{**TEXT, "max_position_embeddings": 64})),
+    "dinov2": (T.Dinov2ForImageClassification, lambda: T.Dinov2Config(mlp_ratio=2, **IMAGE)),
+    "dinov2-swiglu": (T.Dinov2ForImageClassification, lambda: T.Dinov2Config(mlp_ratio=2, use_swiglu_ffn=True, **IMAGE)),
+    "deit": (T.DeiTForImageClassification, lambda: T.DeiTConfig(intermediate_size=64, **IMAGE)),
+}
+# heads that stay as zeros in shrunk and sliced models (Architecture.heads_uncut)
+HEADS_UNCUT = {"mpnet", "deberta-v2-own-pos"}
+SETTINGS = {
+    "unstructured": dict(target_sparsity=0.5),
+    "2:4": dict(granularity="n:m", n_m="2:4"),
+    "heads+neurons": dict(granularity="attention=head,ffn=neuron", target_sparsity=0.5),
+}
+STEPS = 8
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    cls, config = MODELS[name]
+    return cls(config()).eval()
+
+
+def inputs_for(model, batch: int = 3, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if getattr(model.config, "vocab_size", None):
+        ids = torch.randint(3, 64, (batch, 12), generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return {"pixel_values": torch.randn(batch, 1, 8, 8, generator=g)}
+
+
+def train(model, method: str, setting: str):
+    config = PDPConfig(method=method, pruning_start=0, pruning_end=0.5, harden_at=0.75, **SETTINGS[setting])
+    model = apply_pruning(model, config)
+    pruner = get_pruner(model)
+    weights = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
+    optimizer = torch.optim.AdamW([{"params": weights}, *pruner.optimizer_param_groups()], lr=1e-3)
+    pruner.set_total_steps(STEPS)
+    pruner.set_optimizer(optimizer)
+    model.train()
+    for step in range(STEPS):
+        pruner.step(step)
+        batch = {**inputs_for(model, 4, seed=step), "labels": torch.randint(0, 3, (4,))}
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    finalize_pruning(model)
+    return model.eval(), config
+
+
+def layouts(model) -> dict[int, dict]:
+    """Per layer: the targeted Linear of each role, as the architecture names them."""
+    return {i: {r: model.get_submodule(n) for r, n in roles.items()}
+            for i, roles in role_map(model, find_targets(model, None)).items()}
+
+
+def zero_units(rows_of: list[torch.Tensor], cols: torch.Tensor, units: int, parts: list[int]) -> torch.Tensor:
+    """Per unit: True when every row block (in each of a matrix's parts) and the output columns are zero; asserts no
+    unit is partly zero."""
+    width = cols.shape[1] // units
+    col_zero = (cols == 0).view(cols.shape[0], units, width).all(dim=2).all(dim=0)
+    blocks = [col_zero]
+    for weight, n in zip(rows_of, parts):
+        blocks.append((weight == 0).view(n, units, width, weight.shape[1]).all(dim=3).all(dim=2).all(dim=0))
+    for block in blocks[1:]:
+        assert torch.equal(block, col_zero), (block, col_zero)
+    return col_zero
+
+
+def check_counts(model, name: str, setting: str, config) -> None:
+    # row chunks: ModernBERT's Wqkv is Q|K|V and its Wi value|gate; DINOv2's SwiGLU has a separate gate_proj
+    qkv_parts = 3 if name == "modernbert" else 1
+    ffn_parts = 2 if name == "modernbert" else 1
+    for layer in layouts(model).values():
+        targets = list(layer.values())
+        assert len(targets) == {"modernbert": 4, "dinov2-swiglu": 7}.get(name, 6)
+        if setting == "unstructured":
+            for linear in targets:
+                assert int((linear.weight == 0).sum()) == round(0.5 * linear.weight.numel())
+        elif setting == "2:4":
+            for linear in targets:
+                assert bool(((linear.weight != 0).view(linear.weight.shape[0], -1, 4).sum(-1) == 2).all())
+        else:
+            q = ["qkv"] if name == "modernbert" else ["query", "key", "value"]
+            heads = zero_units([layer[r].weight for r in q], layer["attn_out"].weight, HEADS, [qkv_parts] * len(q))
+            assert int(heads.sum()) == HEADS // 2
+            units = layer["ffn_out"].in_features
+            rows = [layer[r].weight for r in ("ffn_gate", "ffn_in") if r in layer]
+            neurons = zero_units(rows, layer["ffn_out"].weight, units, [ffn_parts] * len(rows))
+            assert int(neurons.sum()) == units // 2
+    for group, row in sparsity_report(model, config=config)["units"].items():
+        expected = row["units"] if ":" in row["granularity"] else round(0.5 * row["units"])
+        assert row["pruned_units"] == expected, group
+
+
+def test_every_layer_has_whole_heads_and_neurons():
+    for name in MODELS:
+        model = build(name)
+        roles = [role_of(model.config.model_type, n) for n in find_targets(model, None)]
+        attention = ["qkv", "attn_out"] if name == "modernbert" else ["query", "key", "value", "attn_out"]
+        expected = attention + (["ffn_gate"] if name == "dinov2-swiglu" else []) + ["ffn_in", "ffn_out"]
+        assert sorted(roles) == sorted(expected * LAYERS), name
+
+
+@pytest.mark.parametrize("method", ["pdp", "smart"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_exact_counts_after_finalize(name, setting, method):
+    model, config = train(build(name), method, setting)
+    check_counts(model, name, setting, config)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """PDP on every architecture and setting: the plain export of each, the shrunk (+ ONNX) export of the structured
+    one, the compressed export of the unstructured one; name -> [(kind, folder)], the reference inputs and logits."""
+    root = tmp_path_factory.mktemp("architectures")
+    made = {}
+    for name in MODELS:
+        folders, reference = [], {}
+        for setting in SETTINGS:
+            model, config = train(build(name), "pdp", setting)
+            inputs = inputs_for(model)
+            with torch.no_grad():
+                logits = model(**inputs).logits
+            reference[setting] = (inputs, logits)
+            base = str(root / f"{name}-{setting.replace(':', '_').replace('+', '_')}")
+            folders.append(("plain", setting, export_pruned(model, base + "-plain", pdp_config=config)))
+            if setting == "heads+neurons":
+                folders.append(("shrunk", setting, export_pruned(model, base + "-shrunk", pdp_config=config,
+                                                                 shrink=True, onnx=True)))
+            if setting == "unstructured":
+                folders.append(("compressed", setting, export_pruned(model, base + "-compressed", pdp_config=config,
+                                                                     compressed=True)))
+        made[name] = (folders, reference)
+    return made
+
+
+def test_compressed_and_sliced_loads_give_equal_logits(exports):
+    for name, (folders, reference) in exports.items():
+        for kind, setting, folder in folders:
+            inputs, logits = reference[setting]
+            loaded = [load_pruned(folder)]
+            if kind == "plain" and setting == "heads+neurons":
+                loaded.append(load_pruned(folder, optimize=True))  # heads and neurons sliced at load
+            for model in loaded:
+                with torch.no_grad():
+                    assert torch.allclose(model.eval()(**inputs).logits, logits, atol=1e-5), (name, kind, setting)
+
+
+def test_shrunk_exports_are_smaller_except_the_heads_that_cannot_be_cut(exports):
+    for name, (folders, _) in exports.items():
+        shrunk = next(folder for kind, _, folder in folders if kind == "shrunk")
+        config = json.load(open(os.path.join(shrunk, "config.json"), encoding="utf-8"))
+        model = load_pruned(shrunk)
+        layers = layouts(model)
+        units = {i: layer["ffn_out"].in_features for i, layer in layers.items()}
+        full = 2 * (64 if name != "dinov2-swiglu" else 48)  # before: 64 neurons (SwiGLU: 48)
+        assert all(u == full // 4 for u in units.values()), (name, units)
+        kept_heads = {i: layer["attn_out"].in_features // (HIDDEN // HEADS) for i, layer in layers.items()}
+        assert set(kept_heads.values()) == ({HEADS} if name in HEADS_UNCUT else {HEADS // 2}), (name, kept_heads)
+        # heads cut: per-layer sizes and the modeling file; only uniform neurons cut: a plain config says it all
+        assert ("auto_map" in config) == (name not in HEADS_UNCUT), name
+
+
+def test_exports_load_without_pdp_hf_and_in_onnxruntime(exports, tmp_path):
+    cases = []
+    for folders, reference in exports.values():
+        for kind, setting, folder in folders:
+            if kind == "compressed":
+                continue
+            path = tmp_path / f"{os.path.basename(folder)}.pt"
+            torch.save({"inputs": reference[setting][0], "reference": reference[setting][1]}, path)
+            cases.append((kind, folder, str(path)))
+    code = f"""
+import json, sys
+sys.modules["pdp_hf"] = None  # `import pdp_hf` raises ImportError from here on
+try:
+    import pdp_hf
+except ImportError:
+    pass
+else:
+    raise SystemExit("pdp_hf is importable")
+import onnxruntime, torch
+from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+worst = {{}}
+for kind, folder, path in {cases!r}:
+    case = torch.load(path)
+    image = "pixel_values" in case["inputs"]
+    auto = AutoModelForImageClassification if image else AutoModelForSequenceClassification
+    model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        errors = [(model(**case["inputs"]).logits - case["reference"]).abs().max().item()]
+    if kind == "shrunk":
+        session = onnxruntime.InferenceSession(folder + "/model.onnx")
+        feed = {{i.name: case["inputs"][i.name].numpy() for i in session.get_inputs()}}
+        errors.append(float(abs(session.run(["logits"], feed)[0] - case["reference"].numpy()).max()))
+    worst[folder] = errors
+print(json.dumps(worst))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    worst = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(worst) == len(cases)
+    assert all(max(errors) <= 1e-4 for errors in worst.values()), worst
+
+
+def test_target_speedup_refuses_heads_that_cannot_be_cut():
+    with pytest.raises(ValueError, match="MPNet adds one relative-position bias per head"):
+        apply_pruning(build("mpnet"), PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=1.5))
+
+
+@pytest.mark.parametrize("broken", ["missing", "misspelt", "twice"])
+def test_a_wrong_or_partial_role_table_fails_loudly(monkeypatch, broken):
+    roles = dict(ARCHITECTURES["electra"].roles)
+    if broken == "missing":
+        del roles["key"]
+    elif broken == "misspelt":
+        roles["ffn_out"] = (r"encoder\.layer\.\d+\.outptu\.dense$",)
+    else:
+        roles["attn_out"] = roles["value"]
+    monkeypatch.setitem(ARCHITECTURES, "electra", Architecture(roles))
+    message = {"missing": "its attention roles are \\['attn_out', 'query', 'value'\\]",
+               "misspelt": "its FFN roles are \\['ffn_in'\\]", "twice": "several roles"}[broken]
+    with pytest.raises(ValueError, match=message):
+        apply_pruning(build("electra"), PDPConfig(target_sparsity=0.5))
+
+
+def test_parts_that_do_not_divide_the_rows_are_refused(monkeypatch):
+    arch = ARCHITECTURES["deit"]
+    monkeypatch.setitem(ARCHITECTURES, "deit", Architecture(arch.roles, parts={"mlp.fc1": 3}))
+    with pytest.raises(ValueError, match="do not split into"):
+        apply_pruning(build("deit"), PDPConfig(granularity="neuron", target_sparsity=0.5))
