@@ -65,8 +65,8 @@ def inputs_for(model, batch: int = 3, seed: int = 1) -> dict:
     return {"pixel_values": torch.randn(batch, 1, 8, 8, generator=g)}
 
 
-def train(model, method: str, setting: str):
-    config = PDPConfig(method=method, pruning_start=0, pruning_end=0.5, harden_at=0.75, **SETTINGS[setting])
+def train(model, method: str, spec: dict):
+    config = PDPConfig(method=method, pruning_start=0, pruning_end=0.5, harden_at=0.75, **spec)
     model = apply_pruning(model, config)
     pruner = get_pruner(model)
     weights = [p for n, p in model.named_parameters() if not n.startswith("pdp_scores.")]
@@ -142,8 +142,29 @@ def test_every_layer_has_whole_heads_and_neurons():
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("name", list(MODELS))
 def test_exact_counts_after_finalize(name, setting, method):
-    model, config = train(build(name), method, setting)
+    model, config = train(build(name), method, SETTINGS[setting])
     check_counts(model, name, setting, config)
+
+
+MORE = {
+    "block": dict(granularity="block", block_size=16, target_sparsity=0.5),
+    "head": dict(granularity="head", target_sparsity=0.5),
+    "neuron": dict(granularity="neuron", target_sparsity=0.5),
+    "mixed": dict(granularity="attention=unstructured,ffn=n:m", n_m="1:4", target_sparsity=0.5),
+}
+
+
+@pytest.mark.parametrize("method", ["magnitude", "movement"])
+@pytest.mark.parametrize("setting", list(MORE))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_other_granularities_and_methods_give_their_budgets(name, setting, method):
+    model, config = train(build(name), method, MORE[setting])
+    for group, row in sparsity_report(model, config=config)["units"].items():
+        expected = row["units"] if ":" in row["granularity"] else round(0.5 * row["units"])
+        assert row["pruned_units"] == expected, group
+    kinds = {row["granularity"] for row in sparsity_report(model, config=config)["units"].values()}
+    assert kinds == {"block": {"block 16x16"}, "head": {"head"}, "neuron": {"neuron"},
+                     "mixed": {"unstructured", "1:4"}}[setting]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +176,7 @@ def exports(tmp_path_factory):
     for name in MODELS:
         folders, reference = [], {}
         for setting in SETTINGS:
-            model, config = train(build(name), "pdp", setting)
+            model, config = train(build(name), "pdp", SETTINGS[setting])
             inputs = inputs_for(model)
             with torch.no_grad():
                 logits = model(**inputs).logits
@@ -268,3 +289,73 @@ def test_parts_that_do_not_divide_the_rows_are_refused(monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, "deit", Architecture(arch.roles, parts={"mlp.fc1": 3}))
     with pytest.raises(ValueError, match="do not split into"):
         apply_pruning(build("deit"), PDPConfig(granularity="neuron", target_sparsity=0.5))
+
+
+TEXT_MODELS = ["xlm-roberta", "electra", "deberta-v3", "mpnet", "modernbert"]
+
+
+@pytest.fixture(scope="module")
+def text_model_dirs(tmp_path_factory):
+    """Each text architecture saved with a small word-piece tokenizer, as run_glue loads a model from the Hub."""
+    from transformers import BertTokenizerFast
+
+    from tests.test_run_glue import WORDS
+
+    dirs = {}
+    for name in TEXT_MODELS:
+        root = tmp_path_factory.mktemp(name)
+        vocab = root / "vocab.txt"
+        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ".", "?", ","]) + "\n")
+        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(root)
+        build(name).save_pretrained(root)
+        dirs[name] = root
+    return dirs
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_run_glue_prunes_heads_and_neurons_and_exports_shrunk(name, text_model_dirs, tmp_path):
+    from tests.test_run_glue import args_for, load_script
+
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = ["the film is fine\t1", "a dull film\t0", "he sings\t1", "it rains\t0"] * 8
+    for split in ("train.tsv", "dev.tsv"):
+        (glue / split).write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    summary = load_script().main(args_for("sst2", text_model_dirs[name], tmp_path / "glue", out, "--granularity",
+                                          "attention=head,ffn=neuron", "--export_shrink", "true"))
+    assert summary["task"] == "sst2" and "eval_accuracy" in summary
+    report = json.loads((out / "export" / "sparsity_report.json").read_text())
+    assert all(row["pruned_units"] == row["units"] // 2 for row in report["units"].values()), report["units"]
+    model = load_pruned(str(out / "export"))
+    assert all(layer["ffn_out"].in_features == 32 for layer in layouts(model).values())
+
+
+@pytest.mark.parametrize("name", ["deit", "dinov2"])
+def test_run_image_classification_prunes_heads_and_neurons(name, tmp_path):
+    from PIL import Image
+    from transformers import ViTImageProcessorPil
+
+    from tests.test_run_image_classification import load_script
+
+    model_dir = tmp_path / "model"
+    build(name).save_pretrained(model_dir)
+    ViTImageProcessorPil(size={"height": 8, "width": 8}, image_mean=[0.5], image_std=[0.5]).save_pretrained(model_dir)
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "validation"):
+        for label in range(3):
+            folder = tmp_path / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(8):
+                pixels = (torch.rand(8, 8, generator=rng) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    summary = load_script().main([
+        "--model_name_or_path", str(model_dir), "--train_dir", str(tmp_path / "train"),
+        "--validation_dir", str(tmp_path / "validation"), "--output_dir", str(out), "--max_steps", "6",
+        "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "no", "--use_cpu",
+        "--granularity", "attention=head,ffn=neuron", "--target_sparsity", "0.5", "--export_shrink", "true",
+        "--disable_tqdm", "true", "--seed", "0"])
+    assert "eval_accuracy" in summary
+    model = load_pruned(str(out / "export"))
+    assert all(layer["attn_out"].in_features == HIDDEN // 2 for layer in layouts(model).values())
