@@ -359,3 +359,32 @@ def test_run_image_classification_prunes_heads_and_neurons(name, tmp_path):
     assert "eval_accuracy" in summary
     model = load_pruned(str(out / "export"))
     assert all(layer["attn_out"].in_features == HIDDEN // 2 for layer in layouts(model).values())
+
+
+@pytest.mark.parametrize("name", ["modernbert", "dinov2-swiglu", "deberta-v3"])
+def test_target_speedup_prices_and_cuts_fused_and_gated_layers(name, tmp_path):
+    """Pricing times copies with half the heads or neurons sliced out (every chunk of a fused matrix); with prices
+    given, the budgets reach the target and the shrunk export keeps exactly the budgeted units."""
+    from pdp_hf.speed_budget import measure_unit_costs
+    from pdp_hf.units import build_unit_groups
+
+    model = build(name)
+    structure = dict(granularity="attention=head,ffn=neuron")
+    groups = build_unit_groups(model, find_targets(model, None), PDPConfig(target_sparsity=0.5, **structure))
+    costs = measure_unit_costs(model, groups, batch=2, seq=8, rounds=2)
+    assert set(costs) == {"dense", "head", "neuron"} and all(v > 0 for v in costs.values())
+    prices = {"dense": 1.0, "head": 0.02, "neuron": 0.001}  # tiny models are too fast to reach 1.2x on a timing
+    model, config = train(model, "magnitude", dict(target_speedup=1.2, speed_unit_costs=prices, **structure))
+    with torch.no_grad():
+        inputs = inputs_for(model)
+        logits = model(**inputs).logits
+    assert model.config.pdp_predicted_speedup >= 1.2
+    shrunk = load_pruned(export_pruned(model, str(tmp_path / "shrunk"), pdp_config=config, shrink=True))
+    report = json.loads((tmp_path / "shrunk" / "sparsity_report.json").read_text())
+    for group, row in report["units"].items():
+        layer = layouts(shrunk)[int(group.split(":")[0].rsplit(".", 1)[1])]
+        kept = (layer["attn_out"].in_features // (HIDDEN // HEADS) if row["granularity"] == "head"
+                else layer["ffn_out"].in_features)
+        assert kept == row["units"] - row["pruned_units"], group
+    with torch.no_grad():
+        assert torch.allclose(shrunk.eval()(**inputs).logits, logits, atol=1e-5)
