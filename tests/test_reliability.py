@@ -260,3 +260,32 @@ def test_an_interrupted_swap_is_completed_by_the_next_call_and_the_old_export_su
     first, loaded, path = _export_twice_interrupted(tmp_path, monkeypatch, exchange_works=False)
     torch.testing.assert_close(loaded.classifier.weight, first.classifier.weight, rtol=0, atol=0)  # the old one, back
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+@pytest.mark.parametrize("fused", ["off", "on"])
+@pytest.mark.parametrize("granularity", ["unstructured", "neuron", "head"])
+def test_bf16_ties_at_the_cut_keep_the_ramp_counts_exact(granularity, fused):
+    """bf16 weights on a coarse grid (thousands share each value): during the ramp magnitude's training mask prunes
+    exactly the units in force, not every unit tied with the cut."""
+    torch.manual_seed(0)
+    model = tiny_bert(layers=3).to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.where(p < 0, -1.0, 1.0) * ((p.abs() * 50).ceil() / 50))
+        for layer in model.bert.encoder.layer:  # head 1 a copy of head 0: their norms tie
+            attention = layer.attention
+            for linear in (attention.self.query, attention.self.key, attention.self.value):
+                linear.weight[16:] = linear.weight[:16]
+            attention.output.dense.weight[:, 16:] = attention.output.dense.weight[:, :16]
+    config = PDPConfig(method="magnitude", granularity=granularity, target_sparsity=0.5, pruning_start=0,
+                       pruning_end=4, fused_masks=fused)
+    pruner = get_pruner(apply_pruning(model, config))
+    pruner.set_total_steps(8)
+    checked = 0
+    for step in range(4):
+        pruner.step(step)
+        for group in (g for g in pruner.groups if g.zeros):  # the ramp's first steps prune no head yet
+            pruned = int((group.state["keep"] == 0).sum())
+            assert pruned == group.zeros, (step, group.name, pruned, group.zeros)
+            checked += 1
+    assert checked >= 3

@@ -24,7 +24,7 @@ from ..fused import (
 from ..kernels import KERNELS
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup, multiplier, multiplier_dtype
-from .base import MaskMethod, nm_hard_mask
+from .base import TIED_DTYPES, MaskMethod, keep_exactly, nm_hard_mask
 
 
 class MagnitudeMethod(MaskMethod):
@@ -41,7 +41,8 @@ class MagnitudeMethod(MaskMethod):
     @torch.no_grad()
     def update(self, group: UnitGroup, zeros: int, exact: bool = True) -> None:
         # The mask is stored as 0/1 multipliers: the forward and backward of every micro-batch multiply by it.
-        # kthvalue + compare is an exact top-k unless scores tie at the cut; hardening uses the exact mask. Between
+        # kthvalue + compare is an exact top-k unless scores tie at the cut (16-bit weights: ties are broken in
+        # memory order, `keep_exactly`); hardening uses the exact mask. Between
         # exact refreshes (PDPConfig.threshold_refresh_steps) the cut is estimated from a fixed sample, as for PDP:
         # the count is then off by about 0.1% of the units, never after hardening.
         dtype = multiplier_dtype(group.weight.dtype)
@@ -51,7 +52,11 @@ class MagnitudeMethod(MaskMethod):
                 cut, _ = kth_smallest_pair(flat.abs().float(), zeros)
             else:
                 cut, _ = sampled_kth_pair(flat, zeros, absolute=True)
-            group.state["keep"] = KERNELS.keep_above(group.weight.detach(), cut, dtype, self.mask_kernel)
+            if group.weight.dtype in TIED_DTYPES:
+                scores = flat.abs().float().view(group.unit_shape)
+                group.state["keep"] = multiplier(keep_exactly(scores > cut, scores, cut, zeros), group.weight.dtype)
+            else:
+                group.state["keep"] = KERNELS.keep_above(group.weight.detach(), cut, dtype, self.mask_kernel)
             return
         scores = group.scores()
         if group.kind == "n:m":
@@ -60,6 +65,8 @@ class MagnitudeMethod(MaskMethod):
             select = kth_smallest_pair if exact else sampled_kth_pair
             cut, _ = select(scores.reshape(-1), zeros)
             keep = scores > cut
+            if group.weight.dtype in TIED_DTYPES:
+                keep = keep_exactly(keep, scores, cut, zeros)
         group.state["keep"] = multiplier(keep, group.weight.dtype)
 
     @torch.no_grad()
@@ -74,7 +81,10 @@ class MagnitudeMethod(MaskMethod):
                 single.extend(zip(same, zeros))
                 continue
             cut = pairs[0].view(broadcast_shape(scores))
-            if unstructured:  # straight from the weights, as update does
+            if same[0].weight.dtype in TIED_DTYPES:  # as update: ties at the cut broken, exact counts
+                ranked = scores.abs().float() if unstructured else scores  # unstructured: the weights themselves
+                keep = multiplier(keep_exactly(ranked > cut, ranked, cut, zeros), same[0].weight.dtype)
+            elif unstructured:  # straight from the weights, as update does
                 keep = KERNELS.keep_above(scores, cut, multiplier_dtype(scores.dtype), self.mask_kernel)
             else:
                 keep = multiplier(scores > cut, same[0].weight.dtype)
