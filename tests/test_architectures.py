@@ -34,7 +34,11 @@ MODELS = {
     "deberta-v2-own-pos": (T.DebertaV2ForSequenceClassification, lambda: T.DebertaV2Config(
         relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=False, **TEXT)),
     "mpnet": (T.MPNetForSequenceClassification, lambda: T.MPNetConfig(**TEXT)),
+    # ModernBERT's checkpoints have no biases (the defaults); a biased one checks the bias chunks of Wqkv and Wi
     "modernbert": (T.ModernBertForSequenceClassification, lambda: T.ModernBertConfig(
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+        **{**TEXT, "max_position_embeddings": 64})),
+    "modernbert-bias": (T.ModernBertForSequenceClassification, lambda: T.ModernBertConfig(
         pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, attention_bias=True,
         mlp_bias=True, **{**TEXT, "max_position_embeddings": 64})),
     "dinov2": (T.Dinov2ForImageClassification, lambda: T.Dinov2Config(mlp_ratio=2, **IMAGE)),
@@ -90,26 +94,27 @@ def layouts(model) -> dict[int, dict]:
             for i, roles in role_map(model, find_targets(model, None)).items()}
 
 
-def zero_units(rows_of: list[torch.Tensor], cols: torch.Tensor, units: int, parts: list[int]) -> torch.Tensor:
-    """Per unit: True when every row block (in each of a matrix's parts) and the output columns are zero; asserts no
-    unit is partly zero."""
+def zero_units(rows_of: list, cols: torch.Tensor, units: int, parts: list[int]) -> torch.Tensor:
+    """Per unit: True when every row block (in each of a matrix's parts, with its bias entries) and the output
+    columns are zero; asserts no unit is partly zero."""
     width = cols.shape[1] // units
     col_zero = (cols == 0).view(cols.shape[0], units, width).all(dim=2).all(dim=0)
-    blocks = [col_zero]
-    for weight, n in zip(rows_of, parts):
-        blocks.append((weight == 0).view(n, units, width, weight.shape[1]).all(dim=3).all(dim=2).all(dim=0))
-    for block in blocks[1:]:
-        assert torch.equal(block, col_zero), (block, col_zero)
+    for linear, n in zip(rows_of, parts):
+        rows = (linear.weight == 0).view(n, units, width, linear.weight.shape[1]).all(dim=3).all(dim=2).all(dim=0)
+        assert torch.equal(rows, col_zero), (rows, col_zero)
+        if linear.bias is not None:  # a pruned unit's bias entries are zero in every part
+            assert bool((linear.bias.view(n, units, width)[:, col_zero] == 0).all())
     return col_zero
 
 
 def check_counts(model, name: str, setting: str, config) -> None:
     # row chunks: ModernBERT's Wqkv is Q|K|V and its Wi value|gate; DINOv2's SwiGLU has a separate gate_proj
-    qkv_parts = 3 if name == "modernbert" else 1
-    ffn_parts = 2 if name == "modernbert" else 1
+    modernbert = name.startswith("modernbert")
+    qkv_parts = 3 if modernbert else 1
+    ffn_parts = 2 if modernbert else 1
     for layer in layouts(model).values():
         targets = list(layer.values())
-        assert len(targets) == {"modernbert": 4, "dinov2-swiglu": 7}.get(name, 6)
+        assert len(targets) == (4 if modernbert else 7 if name == "dinov2-swiglu" else 6)
         if setting == "unstructured":
             for linear in targets:
                 assert int((linear.weight == 0).sum()) == round(0.5 * linear.weight.numel())
@@ -117,11 +122,11 @@ def check_counts(model, name: str, setting: str, config) -> None:
             for linear in targets:
                 assert bool(((linear.weight != 0).view(linear.weight.shape[0], -1, 4).sum(-1) == 2).all())
         else:
-            q = ["qkv"] if name == "modernbert" else ["query", "key", "value"]
-            heads = zero_units([layer[r].weight for r in q], layer["attn_out"].weight, HEADS, [qkv_parts] * len(q))
+            q = ["qkv"] if modernbert else ["query", "key", "value"]
+            heads = zero_units([layer[r] for r in q], layer["attn_out"].weight, HEADS, [qkv_parts] * len(q))
             assert int(heads.sum()) == HEADS // 2
             units = layer["ffn_out"].in_features
-            rows = [layer[r].weight for r in ("ffn_gate", "ffn_in") if r in layer]
+            rows = [layer[r] for r in ("ffn_gate", "ffn_in") if r in layer]
             neurons = zero_units(rows, layer["ffn_out"].weight, units, [ffn_parts] * len(rows))
             assert int(neurons.sum()) == units // 2
     for group, row in sparsity_report(model, config=config)["units"].items():
@@ -133,7 +138,7 @@ def test_every_layer_has_whole_heads_and_neurons():
     for name in MODELS:
         model = build(name)
         roles = [role_of(model.config.model_type, n) for n in find_targets(model, None)]
-        attention = ["qkv", "attn_out"] if name == "modernbert" else ["query", "key", "value", "attn_out"]
+        attention = ["qkv", "attn_out"] if name.startswith("modernbert") else ["query", "key", "value", "attn_out"]
         expected = attention + (["ffn_gate"] if name == "dinov2-swiglu" else []) + ["ffn_in", "ffn_out"]
         assert sorted(roles) == sorted(expected * LAYERS), name
 
