@@ -15,6 +15,7 @@ from .export import export_pruned
 from .inference import optimize_for_inference
 from .injection import apply_pruning, finalize_pruning, get_pruner
 from .report import sparsity_report
+from .targets import register_architecture
 from .trainer import PrunerTrainer, PruningCallback
 from .version import __version__
 
@@ -29,5 +30,6 @@ __all__ = [
     "export_pruned",
     "load_pruned",
     "optimize_for_inference",
+    "register_architecture",
     "__version__",
 ]

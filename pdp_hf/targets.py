@@ -8,7 +8,7 @@ pruning is never a silent no-op.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -41,6 +41,12 @@ def _deberta_heads(config) -> str | None:
     return None
 
 
+# the roles one head spans (separate Q, K, V or one fused QKV, then the output projection), and one FFN neuron
+# (FFN-in, or a gate and FFN-in as in SwiGLU, then FFN-out): rows of all but the last, columns of the last
+HEAD_LAYOUTS = (("query", "key", "value", "attn_out"), ("qkv", "attn_out"))
+NEURON_LAYOUTS = (("ffn_gate", "ffn_in", "ffn_out"), ("ffn_in", "ffn_out"))
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One supported model type, as data.
@@ -57,6 +63,48 @@ class Architecture:
     roles: dict
     parts: dict = field(default_factory=dict)
     heads_uncut: Callable | None = None
+
+    def __post_init__(self):
+        known = [r for layout in HEAD_LAYOUTS + NEURON_LAYOUTS for r in layout]
+        where = f"Architecture(roles={sorted(self.roles) if isinstance(self.roles, dict) else self.roles!r})"
+        if not isinstance(self.roles, dict) or not self.roles:
+            raise ValueError(f"{where}: roles must be a non-empty dict role -> module-name regexes.")
+        for role, patterns in self.roles.items():
+            if role not in known:
+                raise ValueError(f"{where}: {role!r} is not a role; the roles are {sorted(set(known))}.")
+            if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) for p in patterns):
+                raise ValueError(f"{where}: roles[{role!r}] must be a non-empty list of regexes, not {patterns!r}.")
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"{where}: roles[{role!r}] holds {pattern!r}, not a valid regex ({err}).") from err
+        for kind, layouts in (("attention", HEAD_LAYOUTS), ("FFN", NEURON_LAYOUTS)):
+            present = {r for r in self.roles if any(r in layout for layout in layouts)}
+            if present and not any(present == set(layout) for layout in layouts):
+                raise ValueError(f"{where}: its {kind} roles {sorted(present)} are not one of "
+                                 f"{[list(x) for x in layouts]}; a head or a neuron needs all of one.")
+        for suffix, count in (self.parts or {}).items():
+            if not isinstance(suffix, str) or isinstance(count, bool) or not isinstance(count, int) or count < 2:
+                raise ValueError(f"{where}: parts maps the end of a module name to its row chunks (an int >= 2), "
+                                 f"not {suffix!r}: {count!r}.")
+        if self.heads_uncut is not None and not callable(self.heads_uncut):
+            raise ValueError(f"{where}: heads_uncut must be a function of the config (or None).")
+
+
+def register_architecture(model_type: str, roles: dict, parts: dict | None = None, heads_uncut: Callable | None = None,
+                          replace: bool = False) -> Architecture:
+    """Teach pdp_hf a model type: its default targets and structured units, as data (see `Architecture`).
+
+    >>> from pdp_hf.targets import ARCHITECTURES, register_architecture
+    >>> arch = register_architecture("camembert", ARCHITECTURES["roberta"].roles)  # RoBERTa's module names
+    >>> del ARCHITECTURES["camembert"]
+    """
+    if model_type in ARCHITECTURES and not replace:
+        raise ValueError(f"model_type={model_type!r} already has an entry; pass replace=True to change it.")
+    arch = Architecture(dict(roles), dict(parts or {}), heads_uncut)
+    ARCHITECTURES[model_type] = arch
+    return arch
 
 
 _MPNET_HEADS = ("MPNet adds one relative-position bias per head, computed once and shared by every layer "
@@ -94,8 +142,22 @@ ARCHITECTURES: dict[str, Architecture] = {
         "ffn_out": (r"layers\.\d+\.mlp\.Wo$",),
     }, parts={"attn.Wqkv": 3, "mlp.Wi": 2}),  # fused Q|K|V; gated FFN-in: value|gate
 }
-# role -> regexes per model type (the tables above without their layouts)
-ROLE_TABLE: dict[str, dict] = {name: arch.roles for name, arch in ARCHITECTURES.items()}
+
+
+class _RoleTable(Mapping):
+    """model_type -> role -> regexes: a live view of ARCHITECTURES (the role tables of pdp_hf 0.3)."""
+
+    def __getitem__(self, model_type: str) -> dict:
+        return ARCHITECTURES[model_type].roles
+
+    def __iter__(self):
+        return iter(ARCHITECTURES)
+
+    def __len__(self) -> int:
+        return len(ARCHITECTURES)
+
+
+ROLE_TABLE = _RoleTable()
 
 
 def architecture(model_or_type) -> Architecture | None:
@@ -130,12 +192,6 @@ def role_of(model_type: str | None, name: str) -> str:
         raise ValueError(f"The role table of model_type={model_type!r} gives {name!r} several roles ({found}); each "
                          "module plays one. Fix the table (pdp_hf.targets.ARCHITECTURES).")
     return found[0] if found else "other"
-
-
-# the roles one head spans (separate Q, K, V or one fused QKV, then the output projection), and one FFN neuron
-# (FFN-in, or a gate and FFN-in as in SwiGLU, then FFN-out): rows of all but the last, columns of the last
-HEAD_LAYOUTS = (("query", "key", "value", "attn_out"), ("qkv", "attn_out"))
-NEURON_LAYOUTS = (("ffn_gate", "ffn_in", "ffn_out"), ("ffn_in", "ffn_out"))
 
 
 def head_roles(roles) -> tuple[str, ...] | None:

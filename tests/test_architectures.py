@@ -282,10 +282,12 @@ def test_a_wrong_or_partial_role_table_fails_loudly(monkeypatch, broken):
         roles["ffn_out"] = (r"encoder\.layer\.\d+\.outptu\.dense$",)
     else:
         roles["attn_out"] = roles["value"]
-    monkeypatch.setitem(ARCHITECTURES, "electra", Architecture(roles))
-    message = {"missing": "its attention roles are \\['attn_out', 'query', 'value'\\]",
-               "misspelt": "its FFN roles are \\['ffn_in'\\]", "twice": "several roles"}[broken]
+    # a role left out is refused when the entry is made; a spelling that matches nothing (another Transformers
+    # version) or a module matched twice, when a model is pruned
+    message = {"missing": "its attention roles \\['attn_out', 'query', 'value'\\] are not one of",
+               "misspelt": "in layer 0, its FFN roles are \\['ffn_in'\\]", "twice": "several roles"}[broken]
     with pytest.raises(ValueError, match=message):
+        monkeypatch.setitem(ARCHITECTURES, "electra", Architecture(roles))
         apply_pruning(build("electra"), PDPConfig(target_sparsity=0.5))
 
 
@@ -393,3 +395,42 @@ def test_target_speedup_prices_and_cuts_fused_and_gated_layers(name, tmp_path):
         assert kept == row["units"] - row["pruned_units"], group
     with torch.no_grad():
         assert torch.allclose(shrunk.eval()(**inputs).logits, logits, atol=1e-5)
+
+
+def test_a_new_model_type_is_one_registered_entry(tmp_path, monkeypatch):
+    """CamemBERT has no entry: pruning it asks for one; registered with RoBERTa's module names, it prunes heads and
+    neurons and its shrunk export loads with the trained model's logits."""
+    from pdp_hf import register_architecture
+
+    monkeypatch.setitem(ARCHITECTURES, "camembert", None)  # restored (removed) after the test, whatever happens
+    del ARCHITECTURES["camembert"]
+    torch.manual_seed(0)
+    model = T.CamembertForSequenceClassification(T.CamembertConfig(**TEXT)).eval()
+    with pytest.raises(ValueError, match="no default target modules for model_type='camembert'"):
+        apply_pruning(model, PDPConfig(target_sparsity=0.5))
+    register_architecture("camembert", ARCHITECTURES["roberta"].roles)
+    with pytest.raises(ValueError, match="already has an entry"):
+        register_architecture("camembert", ARCHITECTURES["roberta"].roles)
+    model, config = train(model, "pdp", SETTINGS["heads+neurons"])
+    inputs = inputs_for(model)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        shrunk = load_pruned(export_pruned(model, str(tmp_path / "out"), pdp_config=config, shrink=True)).eval()
+        assert torch.allclose(shrunk(**inputs).logits, logits, atol=1e-5)
+    assert all(layer["attn_out"].in_features == HIDDEN // 2 for layer in layouts(shrunk).values())
+
+
+@pytest.mark.parametrize("roles, parts, says", [
+    ({"qeury": (r"q$",)}, None, "'qeury' is not a role"),
+    ({"query": r"q$"}, None, "must be a non-empty list of regexes"),
+    ({"query": (r"q($",)}, None, "not a valid regex"),
+    ({"query": (r"q$",), "attn_out": (r"o$",)}, None, "attention roles \\['attn_out', 'query'\\] are not one of"),
+    ({"ffn_in": (r"i$",)}, None, "FFN roles \\['ffn_in'\\] are not one of"),
+    ({"ffn_in": (r"i$",), "ffn_out": (r"o$",)}, {"mlp.Wi": 1}, "an int >= 2"),
+])
+def test_an_architecture_entry_is_validated_when_made(roles, parts, says):
+    from pdp_hf import register_architecture
+
+    with pytest.raises(ValueError, match=says):
+        register_architecture("not-a-model", roles, parts)
+    assert "not-a-model" not in ARCHITECTURES

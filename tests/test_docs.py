@@ -47,6 +47,9 @@ def hub_is_tiny(tmp_path, monkeypatch):
     for auto in (*autos, AutoTokenizer):  # each Auto class defines its own from_pretrained
         monkeypatch.setattr(auto, "from_pretrained", redirect(auto.__dict__["from_pretrained"]))
     monkeypatch.chdir(tmp_path)
+    import pdp_hf.targets  # an example that registers an architecture registers it for this test only
+
+    monkeypatch.setattr(pdp_hf.targets, "ARCHITECTURES", dict(pdp_hf.targets.ARCHITECTURES))
 
 
 def test_every_page_is_collected_and_has_its_examples():
