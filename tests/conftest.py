@@ -88,3 +88,51 @@ def training_args(output_dir, **overrides) -> TrainingArguments:
 @pytest.fixture
 def make_args(tmp_path):
     return lambda **kw: training_args(tmp_path / "run", **kw)
+
+
+def errors_without_pdp_hf(cases: list[tuple], tmp_path) -> dict[str, dict]:
+    """Load each export in one subprocess where `import pdp_hf` fails: Transformers with trust_remote_code, and
+    onnxruntime on its `model.onnx` where asked. `cases`: (folder, inputs, reference logits, with_onnx). Returns
+    folder -> {"class": the model class loaded, "errors": [max |logits - reference| in Transformers, and in
+    onnxruntime when asked]}."""
+    import json
+    import subprocess
+    import sys
+
+    listed = []
+    for index, (folder, inputs, reference, with_onnx) in enumerate(cases):
+        path = tmp_path / f"case{index}.pt"
+        torch.save({"inputs": inputs, "reference": reference}, path)
+        listed.append((str(folder), str(path), bool(with_onnx)))
+    code = f"""
+import json, sys
+sys.modules["pdp_hf"] = None  # `import pdp_hf` raises ImportError from here on
+try:
+    import pdp_hf
+except ImportError:
+    pass
+else:
+    raise SystemExit("pdp_hf is importable")
+import torch
+from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+errors = {{}}
+for folder, path, with_onnx in {listed!r}:
+    case = torch.load(path)
+    auto = AutoModelForImageClassification if "pixel_values" in case["inputs"] else AutoModelForSequenceClassification
+    model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        found = [(model(**case["inputs"]).logits - case["reference"]).abs().max().item()]
+    errors[folder] = {{"class": type(model).__name__, "errors": found}}
+    if with_onnx:
+        import onnxruntime
+        session = onnxruntime.InferenceSession(folder + "/model.onnx")
+        feed = {{i.name: case["inputs"][i.name].numpy() for i in session.get_inputs()}}
+        found.append(float(abs(session.run(["logits"], feed)[0] - case["reference"].numpy()).max()))
+print(json.dumps(errors))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    errors = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(errors) == len(cases)
+    return errors

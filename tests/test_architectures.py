@@ -6,8 +6,6 @@ where `import pdp_hf` fails; a broken role table fails loudly."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ import transformers as T
 from pdp_hf import PDPConfig, apply_pruning, export_pruned, finalize_pruning, get_pruner, load_pruned, sparsity_report
 from pdp_hf.layers import role_map
 from pdp_hf.targets import ARCHITECTURES, Architecture, find_targets, role_of
+from tests.conftest import errors_without_pdp_hf
 
 onnxruntime = pytest.importorskip("onnxruntime", reason='pip install "pdp-hf[onnx]" (make test installs it)')
 
@@ -226,46 +225,11 @@ def test_shrunk_exports_are_smaller_except_the_heads_that_cannot_be_cut(exports)
 
 
 def test_exports_load_without_pdp_hf_and_in_onnxruntime(exports, tmp_path):
-    cases = []
-    for folders, reference in exports.values():
-        for kind, setting, folder in folders:
-            if kind == "compressed":
-                continue
-            path = tmp_path / f"{os.path.basename(folder)}.pt"
-            torch.save({"inputs": reference[setting][0], "reference": reference[setting][1]}, path)
-            cases.append((kind, folder, str(path)))
-    code = f"""
-import json, sys
-sys.modules["pdp_hf"] = None  # `import pdp_hf` raises ImportError from here on
-try:
-    import pdp_hf
-except ImportError:
-    pass
-else:
-    raise SystemExit("pdp_hf is importable")
-import onnxruntime, torch
-from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
-worst = {{}}
-for kind, folder, path in {cases!r}:
-    case = torch.load(path)
-    image = "pixel_values" in case["inputs"]
-    auto = AutoModelForImageClassification if image else AutoModelForSequenceClassification
-    model = auto.from_pretrained(folder, trust_remote_code=True).eval()
-    with torch.no_grad():
-        errors = [(model(**case["inputs"]).logits - case["reference"]).abs().max().item()]
-    if kind == "shrunk":
-        session = onnxruntime.InferenceSession(folder + "/model.onnx")
-        feed = {{i.name: case["inputs"][i.name].numpy() for i in session.get_inputs()}}
-        errors.append(float(abs(session.run(["logits"], feed)[0] - case["reference"].numpy()).max()))
-    worst[folder] = errors
-print(json.dumps(worst))
-"""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    worst = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(worst) == len(cases)
-    assert all(max(errors) <= 1e-4 for errors in worst.values()), worst
+    cases = [(folder, *reference[setting], kind == "shrunk") for folders, reference in exports.values()
+             for kind, setting, folder in folders if kind != "compressed"]
+    loaded = errors_without_pdp_hf(cases, tmp_path)
+    assert all(max(row["errors"]) <= 1e-4 for row in loaded.values()), loaded
+    assert sum(len(row["errors"]) == 2 for row in loaded.values()) == len(MODELS)  # each shrunk one in onnxruntime
 
 
 def test_target_speedup_refuses_heads_that_cannot_be_cut():

@@ -4,8 +4,6 @@ fails, and through onnxruntime; uniform FFN cuts keep a plain config; the weight
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,6 +22,7 @@ from pdp_hf import PDPConfig, apply_pruning, export_pruned, finalize_pruning, lo
 from pdp_hf.layers import head_count, role_map
 from pdp_hf.shrink import MODELING_FILE, ONNX_FILE
 from pdp_hf.targets import find_targets
+from tests.conftest import errors_without_pdp_hf
 
 onnxruntime = pytest.importorskip("onnxruntime", reason='pip install "pdp-hf[onnx]" (make test installs it)')
 
@@ -129,42 +128,10 @@ def test_per_layer_export_records_sizes_and_loads_in_pdp_hf(exports, arch, name)
 def test_exports_load_without_pdp_hf_and_in_onnxruntime(exports, tmp_path):
     """One subprocess where `import pdp_hf` fails checks every export through Transformers with trust_remote_code
     and through onnxruntime, against the zero-weight model's logits."""
-    cases = []
-    for (arch, name), (folder, inputs, reference, _) in exports.items():
-        path = tmp_path / f"{arch}-{name}.pt"
-        torch.save({"inputs": inputs, "reference": reference}, path)
-        cases.append((arch, folder, str(path)))
-    code = f"""
-import json, sys
-sys.modules["pdp_hf"] = None  # `import pdp_hf` raises ImportError from here on
-try:
-    import pdp_hf
-except ImportError:
-    pass
-else:
-    raise SystemExit("pdp_hf is importable")
-import onnxruntime, torch
-from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
-worst = {{}}
-for arch, folder, path in {cases!r}:
-    case = torch.load(path)
-    auto = AutoModelForImageClassification if arch == "vit" else AutoModelForSequenceClassification
-    model = auto.from_pretrained(folder, trust_remote_code=True).eval()
-    assert type(model).__name__.startswith("PDPShrunk"), type(model).__name__
-    with torch.no_grad():
-        hf = (model(**case["inputs"]).logits - case["reference"]).abs().max().item()
-    session = onnxruntime.InferenceSession(folder + "/model.onnx")
-    feed = {{i.name: case["inputs"][i.name].numpy() for i in session.get_inputs()}}
-    ort = float(abs(session.run(["logits"], feed)[0] - case["reference"].numpy()).max())
-    worst[folder] = [hf, ort]
-print(json.dumps(worst))
-"""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    worst = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(worst) == len(exports)
-    assert all(hf <= 1e-4 and ort <= 1e-4 for hf, ort in worst.values()), worst
+    cases = [(folder, inputs, reference, True) for folder, inputs, reference, _ in exports.values()]
+    loaded = errors_without_pdp_hf(cases, tmp_path)
+    assert all(row["class"].startswith("PDPShrunk") for row in loaded.values()), loaded
+    assert all(max(row["errors"]) <= 1e-4 and len(row["errors"]) == 2 for row in loaded.values()), loaded
 
 
 def test_uniform_neurons_keep_a_plain_config(tmp_path):
