@@ -173,12 +173,14 @@ def check_shrunk_shapes(directory: str, spec: dict) -> None:
         raise ValueError(f"{directory}/config.json: its pdp_shrunk entry is damaged, or the folder has no weights.")
     for layer, sizes in linear.items():
         stored = shapes.get(f"{layer}.weight")
-        if stored is None:
+        well_formed = isinstance(sizes, list) and len(sizes) == 2 and all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
+        if well_formed and stored is None:
             continue  # stored under a legacy name: Transformers renames ViT's and DINOv2's keys on save
-        if not (isinstance(sizes, list) and len(sizes) == 2) or stored != [sizes[1], sizes[0]]:
+        if not well_formed or stored != [sizes[1], sizes[0]]:
             raise ValueError(
                 f"{directory}: config.json (pdp_shrunk) gives {layer} {sizes} (in, out) features, but its weights file "
-                f"holds a {stored} (out, in) weight. The config was "
+                f"holds {'no such weight' if stored is None else f'a {stored} (out, in) weight'}. The config was "
                 "changed or belongs to another export: export it again."
             )
 

@@ -315,8 +315,12 @@ def _fuse_hardened(pruner, groups: list) -> None:
 
 
 def drop_fused(pruner) -> None:
+    """At the end of the model's forward: drop what this forward computed for its groups. The fused masked weights,
+    and what `UnitGroup.once_per_forward` still holds when a member ran more often than once (DeBERTa runs its Q and
+    K projections again on the relative positions), so no later forward reuses a mask whose graph is spent."""
     for group in pruner.groups:
         group._fused = None
+        group._forward_cache = None
 
 
 def fusing_enabled(pruner) -> bool:

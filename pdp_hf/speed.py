@@ -30,6 +30,7 @@ def dense_shaped(model, directory: str):
     from .inference import _FFN_SIZE_ATTRS
     from .report import export_report
     from .shrink import SPEC_KEY
+    from .targets import parts_of
 
     config = copy.deepcopy(model.config)
     if getattr(config, SPEC_KEY, None):  # per-layer: the config itself holds the original sizes
@@ -38,11 +39,11 @@ def dense_shaped(model, directory: str):
         base = next(c for c in type(model).__mro__[1:] if c.__module__.startswith("transformers.models."))
     else:
         report = export_report(directory)
-        rows = {name: row for name, row in (report or {}).get("modules", {}).items() if row.get("role") == "ffn_in"}
+        rows = {name: row for name, row in (report or {}).get("modules", {}).items() if row.get("role") == "ffn_out"}
         if not rows:
             return None
-        name, row = next(iter(rows.items()))
-        original, now = row["shape"][0], model.get_submodule(name).weight.shape[0]
+        name, row = next(iter(rows.items()))  # FFN-out's inputs are the neurons (a gated FFN-in has 2 rows each)
+        original, now = row["shape"][1], model.get_submodule(name).weight.shape[1]
         attr = next((a for a in _FFN_SIZE_ATTRS if getattr(model.config, a, None) == now), None)
         if original == now or attr is None:
             return None
@@ -53,9 +54,11 @@ def dense_shaped(model, directory: str):
     full = {}
     for key, value in padded.state_dict().items():
         source = state[key]
-        if source.shape != value.shape:
-            value = torch.zeros_like(value)
-            value[tuple(slice(0, n) for n in source.shape)] = source
+        if source.shape != value.shape:  # each row chunk of a fused matrix (Q|K|V, value|gate) padded on its own
+            parts = parts_of(model, key.rpartition(".")[0])
+            value, step = torch.zeros_like(value), value.shape[0] // parts
+            for i, chunk in enumerate(source.chunk(parts, dim=0)):
+                value[(slice(i * step, i * step + chunk.shape[0]), *(slice(0, n) for n in chunk.shape[1:]))] = chunk
             source = value
         full[key] = source
     padded.load_state_dict(full)

@@ -204,6 +204,15 @@ def neuron_roles(roles) -> tuple[str, ...] | None:
     return next((layout for layout in NEURON_LAYOUTS if set(layout) <= set(roles)), None)
 
 
+def closest_layout(layouts, present, model) -> tuple[str, ...]:
+    """The layout a layer's targets `present` (role -> name) are meant to fill: a complete one, else the one they
+    fill most, else the one the model's architecture has (for an error that names the roles really missing)."""
+    arch = architecture(model)
+    known = set(arch.roles) if arch else set()
+    return max(layouts, key=lambda layout: (set(layout) <= set(present), len(set(layout) & set(present)),
+                                            len(set(layout) & known)))
+
+
 def check_role_table(model_type: str, names: list[str]) -> None:
     """Every numbered layer of the default targets `names` holds whole heads and whole neurons, each role once: a
     wrong or partial role table (a spelling that changed, a missing role) fails here, naming the layer and role."""

@@ -27,7 +27,7 @@ from torch import nn
 from .kernels import mask_gradient
 from .layers import head_count, layer_index, layer_match, role_map
 from .roles import ROLE_GROUPS, parse_role_map
-from .targets import head_roles, neuron_roles, parts_of, role_of
+from .targets import HEAD_LAYOUTS, NEURON_LAYOUTS, closest_layout, parts_of, role_of
 
 __all__ = ["Member", "UnitGroup", "build_unit_groups", "multiplier", "multiplier_dtype", "ROLE_GROUPS", "STRUCTURED",
            "parse_role_map"]
@@ -339,8 +339,7 @@ def _not_covered(granularity: str, name: str, role: str, kind: str | None) -> st
 def _structured_group(model, name: str, kind: str, layers) -> UnitGroup:
     index = layer_index(name)
     present = layers.get(index, {})
-    needed = (neuron_roles(present) or ("ffn_in", "ffn_out") if kind == "neuron"
-              else head_roles(present) or ("query", "key", "value", "attn_out"))
+    needed = closest_layout(NEURON_LAYOUTS if kind == "neuron" else HEAD_LAYOUTS, present, model)
     missing = [r for r in needed if r not in present]
     if missing:
         raise ValueError(

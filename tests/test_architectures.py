@@ -232,9 +232,61 @@ def test_exports_load_without_pdp_hf_and_in_onnxruntime(exports, tmp_path):
     assert sum(len(row["errors"]) == 2 for row in loaded.values()) == len(MODELS)  # each shrunk one in onnxruntime
 
 
+def test_dense_shaped_baselines_of_shrunk_exports_have_the_original_shapes_and_logits(exports):
+    """`pdp-hf speed` times a shrunk export against its dense-shaped twin: every row chunk of a fused matrix padded
+    on its own (ModernBERT's Q|K|V and value|gate), the FFN size read from FFN-out (a gated FFN-in has 2 rows each)."""
+    from pdp_hf.speed import dense_shaped
+
+    for name, (folders, reference) in exports.items():
+        shrunk = next(folder for kind, _, folder in folders if kind == "shrunk")
+        stored = load_pruned(shrunk)
+        dense = dense_shaped(stored, shrunk)
+        assert dense is not None, name
+        original = build(name)
+        assert {k: v.shape for k, v in dense.state_dict().items()} == {
+            k: v.shape for k, v in original.state_dict().items()}, name
+        inputs, logits = reference["heads+neurons"]
+        with torch.no_grad():
+            assert torch.allclose(dense(**inputs).logits, logits, atol=1e-5), name
+
+
+@pytest.mark.parametrize("name", ["modernbert", "dinov2-swiglu"])
+def test_dense_shaped_baseline_of_a_gated_ffn_with_a_plain_config(name, tmp_path):
+    """Uniform neurons only: the config's FFN size says it all, read from FFN-out's inputs."""
+    from pdp_hf.speed import dense_shaped
+
+    model, config = train(build(name), "magnitude", dict(granularity="neuron", target_sparsity=0.5))
+    folder = export_pruned(model, str(tmp_path / "out"), pdp_config=config, shrink=True)
+    stored = load_pruned(folder)
+    inputs = inputs_for(model)
+    dense = dense_shaped(stored, folder)
+    assert dense is not None and sum(p.numel() for p in dense.parameters()) == sum(
+        p.numel() for p in build(name).parameters())
+    with torch.no_grad():
+        assert torch.allclose(dense(**inputs).logits, model(**inputs).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradient_accumulation_reuses_no_spent_mask(name):
+    """Two micro-batches per optimizer step, as Trainer runs gradient accumulation: the second forward computes its
+    own masks (DeBERTa runs Q and K twice per forward, which once left a spent mask cached for the next one)."""
+    model = apply_pruning(build(name), PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5,
+                                                 pruning_start=0, pruning_end=2, fused_masks="off"))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(4)
+    model.train()
+    pruner.step(1)
+    for micro in range(2):
+        batch = {**inputs_for(model, 4, seed=micro), "labels": torch.randint(0, 3, (4,))}
+        model(**batch).loss.backward()
+    assert all(group._forward_cache is None for group in pruner.groups)
+
+
 def test_target_speedup_refuses_heads_that_cannot_be_cut():
     with pytest.raises(ValueError, match="MPNet adds one relative-position bias per head"):
         apply_pruning(build("mpnet"), PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=1.5))
+    with pytest.raises(ValueError, match="share_att_key=False: each attention also projects the relative positions"):
+        apply_pruning(build("deberta-v2-own-pos"), PDPConfig(granularity="head", target_speedup=1.1))
 
 
 @pytest.mark.parametrize("broken", ["missing", "misspelt", "twice"])
@@ -398,3 +450,12 @@ def test_an_architecture_entry_is_validated_when_made(roles, parts, says):
     with pytest.raises(ValueError, match=says):
         register_architecture("not-a-model", roles, parts)
     assert "not-a-model" not in ARCHITECTURES
+
+
+@pytest.mark.parametrize("name, granularity, targets, says", [
+    ("modernbert", "head", ["attn.Wqkv"], "lack \\['attn_out'\\]"),
+    ("dinov2-swiglu", "neuron", ["mlp.gate_proj", "mlp.down_proj"], "lack \\['ffn_in'\\]"),
+])
+def test_partial_targets_of_a_unit_name_the_roles_really_missing(name, granularity, targets, says):
+    with pytest.raises(ValueError, match=says):
+        apply_pruning(build(name), PDPConfig(granularity=granularity, target_sparsity=0.5, target_modules=targets))

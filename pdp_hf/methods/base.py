@@ -45,8 +45,8 @@ TIED_DTYPES = (torch.bfloat16, torch.float16)  # 8 and 11 significant bits: many
 def keep_exactly(keep: torch.Tensor, scores: torch.Tensor, cut: torch.Tensor, zeros) -> torch.Tensor:
     """`keep` (scores > cut, with `cut` the `zeros`-th smallest score) with enough of the scores tied at the cut
     kept back, the first in memory order, that exactly `zeros` are pruned. `zeros` is an int, or one per leading
-    row of a stacked class (pdp_hf.fused). No host synchronization: tensors only. With 16-bit weights thousands of
-    weights can share the value at the cut, and `scores > cut` would prune them all.
+    row of a stacked class (pdp_hf.fused). No `.item()` and no branch on tensor values. With 16-bit weights
+    thousands of weights can share the value at the cut, and `scores > cut` would prune them all.
 
     >>> keep_exactly(torch.tensor([0.2, 0.1, 0.1, 0.3]) > 0.1, torch.tensor([0.2, 0.1, 0.1, 0.3]), torch.tensor(0.1), 1).tolist()
     [True, True, False, True]
@@ -54,7 +54,7 @@ def keep_exactly(keep: torch.Tensor, scores: torch.Tensor, cut: torch.Tensor, ze
     rows = 1 if isinstance(zeros, int) else len(zeros)
     flat_keep = keep.reshape(rows, -1)
     tie = (scores == cut).reshape(rows, -1)
-    wanted = torch.as_tensor([zeros] if isinstance(zeros, int) else list(zeros), device=keep.device)
+    wanted = zeros if isinstance(zeros, int) else torch.tensor(list(zeros)).to(keep.device, non_blocking=True)
     back = (~flat_keep).sum(1) - wanted  # tied entries to keep, per row (<= 0: none)
     return (flat_keep | (tie & (tie.cumsum(1) <= back[:, None]))).view(keep.shape)
 
