@@ -582,3 +582,40 @@ def test_method_settings_round_trip_through_json_and_the_argument_parser(tmp_pat
     assert PDPConfig.from_pretrained(tmp_path / "movement") == movement
     (parsed,) = HfArgumentParser(PDPConfig).parse_args_into_dataclasses(["--method", "movement", "--movement_score_init", "zeros"])
     assert parsed == movement
+
+
+@pytest.mark.parametrize("fused", ["off", "on"])
+@pytest.mark.parametrize("granularity, distribution", [("attention=head,ffn=neuron", "uniform"),
+                                                       ("unstructured", "uniform"), ("neuron", "learned")])
+def test_smart_cold_masks_hold_no_subnormal_values(granularity, distribution, fused):
+    """Scores spread as training spreads them, the temperature at its end: sigmoid(s / tau + lambda) goes far below
+    1e-38 for the units under the cut. Those masks are exact zeros, so no masked weight is a float32 subnormal (a CPU
+    computes with subnormals several times slower), while the scores' gradients stay the soft top-k's."""
+    torch.manual_seed(0)
+    model = apply_pruning(tiny_bert(layers=3), PDPConfig(
+        method="smart", granularity=granularity, sparsity_distribution=distribution, target_sparsity=0.5,
+        pruning_start=0, pruning_end=4, harden_at=None, smart_temperature_end=0.002, fused_masks=fused))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(8)
+    for step in range(4):
+        pruner.step(step)
+    with torch.no_grad():
+        for group in pruner.groups:
+            group.score.uniform_(0, 2)
+    pruner.step(5)
+    with torch.no_grad():  # units where sigmoid(s / tau + lambda) is subnormal itself (x = -88: 6e-39), or where
+        for group in pruner.groups:  # it is normal but makes the weight subnormal (x = -84: 3e-37 times 0.02)
+            lam = float(group.state["lambda"].reshape(-1)[0])
+            group.score.view(-1)[0] = (-88.0 - lam) * group.state["tau"]
+            group.score.view(-1)[-1] = (-84.0 - lam) * group.state["tau"]
+    tiny = torch.finfo(torch.float32).tiny
+    raw = [torch.sigmoid(g.score.float() / g.state["tau"] + g.state["lambda"]) for g in pruner.groups]
+    assert sum(int(((f > 0) & (f < tiny)).sum()) for f in raw) > 0  # the formula itself gives subnormals here
+    model.train()
+    for group in pruner.groups:
+        for member in group.members:
+            weight, _ = pruner.method.train_weight(group, member, member.module)
+            assert int(((weight != 0) & (weight.abs() < tiny)).sum()) == 0, member.name
+    ids = torch.randint(1, 60, (4, 8))
+    model(input_ids=ids, labels=torch.randint(0, 2, (4,))).loss.backward()
+    assert all(g.score.grad is not None and bool(torch.isfinite(g.score.grad).all()) for g in pruner.groups)

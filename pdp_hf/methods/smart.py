@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..fused import FUSED_KINDS, fusable_classes
-from ..topk import _SoftTopK, soft_topk, solve_lambda
+from ..topk import _SoftTopK, flush_tiny, soft_topk, solve_lambda
 from ..units import Member, UnitGroup
 from .base import MaskMethod, check_positive, learned_hard_mask, nm_selected_groups, relative_norms
 
@@ -207,7 +207,7 @@ class SmartMethod(MaskMethod):
         with torch.autocast(device_type=score.device.type, enabled=False):
             lam = state["lambda"].to(score.device)
             if self._shares(group):  # lambda constant here; adjust_score_gradients adds its gradient
-                return torch.sigmoid(score.float() / state["tau"] + lam)
+                return flush_tiny(torch.sigmoid(score.float() / state["tau"] + lam))
             if group.kind == "n:m":
                 mask = soft_topk(score.float(), None, state["tau"], lam=lam)
                 if state.get("selected") is not None:
