@@ -241,13 +241,15 @@ def load_pruned(directory: str, model_class=None, optimize: bool | str = False, 
     path = os.path.join(directory, COMPRESSED_WEIGHTS_NAME)
     if not os.path.isfile(path):
         try:
-            model = model_class.from_pretrained(directory, **kwargs)
+            model, info = model_class.from_pretrained(directory, **{**kwargs, "output_loading_info": True})
         except RuntimeError as err:
-            if not getattr(config, "pdp_shrunk", None) or "mismatch" not in str(err):
+            if "mismatch" not in str(err):
                 raise
-            raise ValueError(f"{directory}: its weights do not have the per-layer sizes config.json (pdp_shrunk) "
-                             "gives them (the table above names the layers). The config was changed or belongs to "
-                             "another export: export it again.") from None
+            sizes = "the per-layer sizes config.json (pdp_shrunk) gives" if getattr(config, "pdp_shrunk", None) else (
+                "the sizes its config.json gives")
+            raise ValueError(f"{directory}: its weights do not have {sizes} them (the table above names the layers). "
+                             "The config was changed or belongs to another export: export it again.") from None
+        _check_loaded(directory, info, kwargs)
     else:
         model = _load_compressed(path, config, model_class, **kwargs)
     if optimize:
@@ -255,6 +257,23 @@ def load_pruned(directory: str, model_class=None, optimize: bool | str = False, 
 
         optimize_for_inference(model, "auto" if optimize is True else optimize)
     return model.eval()
+
+
+def _check_loaded(directory: str, info: dict, kwargs: dict) -> None:
+    """Refuse an export whose weights file lacks weights the model has: Transformers would start them from random
+    values and only print a table. (Extra weights, e.g. a task head loaded as a base model, only warn.)"""
+    missing = list(info.get("missing_keys") or [])
+    mismatched = [] if kwargs.get("ignore_mismatched_sizes") else list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        names = [str(k) for k in (missing + mismatched)[:5]]
+        raise ValueError(f"{directory}: its weights file lacks {len(missing)} weights of the model"
+                         f"{f' and holds {len(mismatched)} of another size' if mismatched else ''} "
+                         f"({', '.join(names)}{', ...' if len(missing) + len(mismatched) > 5 else ''}); loading it "
+                         "would start them from random values. The weights belong to another model or were changed: "
+                         "export it again.")
+    if info.get("unexpected_keys"):
+        logger.warning("%s: its weights file holds %d weights the model does not use (%s).", directory,
+                       len(info["unexpected_keys"]), ", ".join(list(info["unexpected_keys"])[:5]))
 
 
 def _load_compressed(path: str, config, model_class, **kwargs) -> nn.Module:

@@ -100,9 +100,17 @@ def register_architecture(model_type: str, roles: dict, parts: dict | None = Non
     >>> arch = register_architecture("camembert", ARCHITECTURES["roberta"].roles)  # RoBERTa's module names
     >>> del ARCHITECTURES["camembert"]
     """
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError(f"register_architecture: model_type must be a model's config.model_type, not {model_type!r}.")
     if model_type in ARCHITECTURES and not replace:
         raise ValueError(f"model_type={model_type!r} already has an entry; pass replace=True to change it.")
-    arch = Architecture(dict(roles), dict(parts or {}), heads_uncut)
+    if not isinstance(roles, dict) or not (parts is None or isinstance(parts, dict)):
+        raise ValueError(f"register_architecture({model_type!r}): roles must be a dict role -> module-name regexes and "
+                         f"parts a dict or None, not {type(roles).__name__} and {type(parts).__name__}.")
+    # a generator of regexes would be used up by the checks: hold each role's regexes as a tuple
+    roles = {role: tuple(p) if isinstance(p, (list, tuple)) or not isinstance(p, str) and hasattr(p, "__iter__")
+             else p for role, p in roles.items()}
+    arch = Architecture(roles, dict(parts or {}), heads_uncut)
     ARCHITECTURES[model_type] = arch
     return arch
 
@@ -176,7 +184,11 @@ def parts_of(model, name: str) -> int:
 def heads_uncut(model) -> str | None:
     """Why this model's heads cannot be cut out (None when they can)."""
     arch = architecture(model)
-    return None if arch is None or arch.heads_uncut is None else arch.heads_uncut(getattr(model, "config", None))
+    reason = None if arch is None or arch.heads_uncut is None else arch.heads_uncut(getattr(model, "config", None))
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError(f"The architecture entry of model_type={_model_type(model)!r}: heads_uncut must return a "
+                         f"reason (a string) or None, not {reason!r}.")
+    return reason or None
 
 
 def _model_type(model: nn.Module) -> str | None:

@@ -459,3 +459,21 @@ def test_an_architecture_entry_is_validated_when_made(roles, parts, says):
 def test_partial_targets_of_a_unit_name_the_roles_really_missing(name, granularity, targets, says):
     with pytest.raises(ValueError, match=says):
         apply_pruning(build(name), PDPConfig(granularity=granularity, target_sparsity=0.5, target_modules=targets))
+
+
+def test_register_architecture_refuses_what_is_not_an_entry_and_keeps_generated_regexes(monkeypatch):
+    from pdp_hf import register_architecture
+
+    for model_type, roles, says in [(None, {}, "model_type must be"), ("", {}, "model_type must be"),
+                                    ("x-model", None, "roles must be a dict")]:
+        with pytest.raises(ValueError, match=says):
+            register_architecture(model_type, roles)
+    monkeypatch.setitem(ARCHITECTURES, "camembert", None)
+    del ARCHITECTURES["camembert"]
+    roberta = ARCHITECTURES["roberta"].roles
+    register_architecture("camembert", {role: (p for p in patterns) for role, patterns in roberta.items()},
+                          heads_uncut=lambda config: True)
+    model = T.CamembertForSequenceClassification(T.CamembertConfig(**TEXT))
+    assert len(find_targets(model, None)) == 6 * LAYERS  # the generated regexes were kept, not used up
+    with pytest.raises(ValueError, match="heads_uncut must return a reason"):
+        apply_pruning(model, PDPConfig(granularity="head", target_speedup=1.1))

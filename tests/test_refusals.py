@@ -247,6 +247,57 @@ def shrunk_vit_config_changed(tmp):
     return _shrunk_with_config_edited(tmp, tiny_vit(), "neuron", edit)
 
 
+def _plain_export(tmp, name: str, seed: int = 0, layers: int = 2) -> str:
+    from pdp_hf import export_pruned, finalize_pruning
+
+    model = apply_pruning(tiny_bert(seed=seed, layers=layers), PDPConfig(target_sparsity=0.5))
+    return export_pruned(finalize_pruning(model), tmp / name)
+
+
+def weights_of_another_model(tmp):
+    """Silently wrong before: a weights file from another export (one layer more) loaded with the missing weights
+    started from random values, and only Transformers' table said so."""
+    ours, theirs = _plain_export(tmp, "ours", layers=3), _plain_export(tmp, "theirs", seed=1)
+    shutil.copy(os.path.join(theirs, "model.safetensors"), os.path.join(ours, "model.safetensors"))
+    return _load(ours)
+
+
+def weight_dropped(tmp):
+    """Silently wrong before: a weights file without one tensor loaded with that tensor random."""
+    ours = _plain_export(tmp, "ours")
+    _rewrite(os.path.join(ours, "model.safetensors"), drop=("bert.encoder.layer.1.attention.self.query.weight",))
+    return _load(ours)
+
+
+def _edit_shrunk_spec(tmp, edit):
+    def change(linear):
+        pass
+
+    action = _shrunk_with_config_edited(tmp, tiny_bert(), "attention=head,ffn=neuron", change)
+    path = os.path.join(str(tmp / "shrunk"), "config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    edit(config)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return action
+
+
+def shrunk_spec_names_a_missing_module(tmp):
+    """A crash before (AttributeError from torch): config.json's pdp_shrunk names a layer the model does not have."""
+    return _edit_shrunk_spec(tmp, lambda c: c["pdp_shrunk"]["linear"].update({"bert.encoder.layer.7.output.dense": [8, 32]}))
+
+
+def shrunk_spec_with_a_string_size(tmp):
+    return _edit_shrunk_spec(tmp, lambda c: c["pdp_shrunk"]["heads"].update(
+        {next(iter(c["pdp_shrunk"]["heads"])): "2"}))
+
+
+def shrunk_spec_removed(tmp):
+    """A crash before (Transformers' size-mismatch RuntimeError): pdp_shrunk deleted from a per-layer export."""
+    return _edit_shrunk_spec(tmp, lambda c: c.pop("pdp_shrunk"))
+
+
 # (case, builds the input and returns the action, the error, what the message must say)
 REFUSALS = [
     (state_of_another_run, ValueError, r"pruning_state.safetensors belongs to another run.*target_sparsity.*\(0\.8, 0\.5\)"),
@@ -267,6 +318,12 @@ REFUSALS = [
     (shrunk_vit_config_changed, ValueError, r"its weights do not have the per-layer sizes config.json \(pdp_shrunk\)"),
     (shrunk_config_changed, ValueError, r"config.json \(pdp_shrunk\) gives bert.encoder.layer.0.intermediate.dense "
                                         r"\[32, 40\] \(in, out\) features, but its weights file holds a \[\d+, 32\]"),
+    (weights_of_another_model, ValueError, r"ours: its weights file lacks \d+ weights of the model \(bert.encoder.layer.2"),
+    (weight_dropped, ValueError, r"lacks 1 weights of the model \(bert.encoder.layer.1.attention.self.query.weight\)"),
+    (shrunk_spec_names_a_missing_module, ValueError, r"pdp_shrunk names 'bert.encoder.layer.7.output.dense', which this "
+                                                     r"PDPShrunkBertForSequenceClassification does not have"),
+    (shrunk_spec_with_a_string_size, ValueError, r"gives 'bert.encoder.layer.\d.attention.self' '2' heads, not a positive"),
+    (shrunk_spec_removed, ValueError, r"shrunk: its weights do not have the sizes its config.json gives them"),
 ]
 
 

@@ -16,19 +16,50 @@ from torch import nn
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
 
 
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _module(model: nn.Module, name: str, named: str | None = None) -> nn.Module:
+    """The submodule `name`; a clear error naming `named` (the entry of pdp_shrunk) when there is none."""
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        raise ValueError(f"config.pdp_shrunk names {named or name!r}, which this {type(model).__name__} does not have: "
+                         "the config was changed or belongs to another model. Export it again.") from None
+
+
+def _check(spec) -> None:
+    linear, heads = (spec.get("linear", {}), spec.get("heads", {})) if isinstance(spec, dict) else (None, None)
+    if not isinstance(linear, dict) or not isinstance(heads, dict):
+        raise ValueError(f"config.pdp_shrunk must be {{'linear': {{name: [in, out]}}, 'heads': {{name: count}}}}, "
+                         f"not {spec!r}: the config was changed. Export it again.")
+    for name, sizes in linear.items():
+        if not (isinstance(sizes, (list, tuple)) and len(sizes) == 2 and all(_count(n) for n in sizes)):
+            raise ValueError(f"config.pdp_shrunk gives {name!r} the sizes {sizes!r}, not [in_features, out_features] "
+                             "(positive integers): the config was changed. Export it again.")
+    for name, count in heads.items():
+        if not _count(count):
+            raise ValueError(f"config.pdp_shrunk gives {name!r} {count!r} heads, not a positive integer: the config "
+                             "was changed. Export it again.")
+
+
 def shrink_modules(model: nn.Module, spec: dict) -> nn.Module:
     """Rebuild the Linear layers and head counts named in `spec` (config.pdp_shrunk) at their kept sizes."""
+    _check(spec)
     for name, (in_features, out_features) in spec.get("linear", {}).items():
         parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        old = getattr(owner, child)
+        owner = _module(model, parent, name)
+        old = getattr(owner, child, None)
+        if old is None:
+            _module(model, name)  # raises, naming it
         if not isinstance(old, nn.Linear):
             raise ValueError(f"config.pdp_shrunk names {name!r}, which is a {type(old).__name__}, not a Linear layer.")
         weight = old.weight
         setattr(owner, child, nn.Linear(in_features, out_features, bias=old.bias is not None, device=weight.device,
                                         dtype=weight.dtype))
     for name, heads in spec.get("heads", {}).items():
-        attention = model.get_submodule(name)
+        attention = _module(model, name)
         before = next((getattr(attention, a) for a in HEAD_COUNT_ATTRS if isinstance(getattr(attention, a, None), int)),
                       None)
         if before is None:
