@@ -68,7 +68,7 @@ PLAN = [
     (("smart",), ("x2",), ("ftkd3x",), (42, 43, 44)),
     (("smart", "magnitude"), ("x2", "x3"), ("ftkd",), (43, 44)),
     (("smart",), ("x2g", "x3g"), ("ftkd",), (42,)),
-    (("smart",), ("x3",), ("ftkd3x",), (42,)),
+    (("smart",), ("x3",), ("ftkd3x",), (42, 43, 44)),  # seed 42: 85.67 at 3.31x, the 3x goal's first hit
     (("pdp", "movement"), ("x2", "x3"), ("ftkd",), (42,)),
     (("pdp", "smart", "movement", "magnitude"), ("u90",), ("ftkd",), (42,)),
     (("smart", "magnitude"), ("x1.5", "x2.5", "x4"), ("ftkd",), (42,)),
