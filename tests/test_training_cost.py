@@ -2,6 +2,7 @@
 fallback is taken with a logged reason where compilation fails, and after hardening the pruned weights are zero in
 place (optimizer state too) and stay zero through masked gradients, training exactly as the masked forward did."""
 
+import contextlib
 import logging
 import os
 
@@ -72,6 +73,55 @@ def test_saturated_mask_gives_no_nan(fresh_kernels):
     for mode in ("eager", "compiled"):
         grad = KERNELS.backward(w, torch.ones_like(w), t2, tau, mode)
         assert torch.equal(grad, torch.tensor([[1.0, 0.0, 0.0, 1.0]])), mode
+
+
+def _unclamped_forward(w, t2, tau):
+    return w * torch.sigmoid((w * w - t2) / tau)
+
+
+def _unclamped_backward(w, grad, t2, tau):
+    w2 = w * w
+    m = torch.sigmoid((w2 - t2) / tau)
+    boost = torch.where(m == 1.0, torch.zeros_like(w2), w2 * (2.0 / tau) * (1.0 - m))
+    return (boost + 1.0) * m * grad
+
+
+def test_mask_kernels_meet_no_subnormal_float_and_change_no_value_above_the_floor():
+    """x = (w^2 - t^2) / tau across [-100, 400]: the kernels equal the plain formula bit for bit wherever its mask is
+    at least 2^-100 (every x >= -69, the whole range at the default temperature), write exact zeros below, and never
+    evaluate the sigmoid where exp(-x) or the mask itself is a float32 subnormal (|x| > 80): on a CPU each vector
+    operation meeting a subnormal runs through microcode assists."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pdp_hf.topk import MASK_FLOOR
+
+    t2, tau = torch.tensor(1.0), torch.tensor(0.01)
+    x = torch.linspace(-100.0, 400.0, 20_001)  # x >= -t^2 / tau = -100
+    w = (x * tau + t2).sqrt().view(1, -1)
+    w = torch.cat([w, -w])
+    grad = torch.full_like(w, 0.5)
+
+    class SigmoidInputs(TorchDispatchMode):
+        widest = 0.0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.sigmoid.default, torch.ops.aten.sigmoid_.default):
+                SigmoidInputs.widest = max(SigmoidInputs.widest, float(args[0].abs().max()))
+            return func(*args, **(kwargs or {}))
+
+    plain_mask = torch.sigmoid((w * w - t2) / tau)
+    above = plain_mask >= MASK_FLOOR
+    assert int((~above).sum()) > 0 and int((plain_mask[~above] > 0).sum()) > 0  # the band the floor clears
+    tiny = torch.finfo(torch.float32).tiny
+    for mode in ("eager", "compiled"):
+        with SigmoidInputs() if mode == "eager" else contextlib.nullcontext():  # compile refuses a dispatch mode
+            forward = KERNELS.forward(w, t2, tau, mode)
+            backward = KERNELS.backward(w, grad, t2, tau, mode)
+        for value, plain in ((forward, _unclamped_forward(w, t2, tau)), (backward, _unclamped_backward(w, grad, t2, tau))):
+            assert torch.equal(value[above], plain[above]), mode
+            assert bool((value[~above] == 0).all()), mode
+            assert int(((value != 0) & (value.abs() < tiny)).sum()) == 0, mode
+    assert 0 < SigmoidInputs.widest <= 80.0  # the eager kernels' sigmoid saw only |x| <= 80
 
 
 @pytest.mark.parametrize("where", ["compile", "call"])

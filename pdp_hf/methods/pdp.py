@@ -2,7 +2,8 @@
 
 For a weight tensor W with n entries and z = round(r * n) zeros in force:
 - t = (max(W_low) + min(W_high)) / 2, the midpoint between the largest pruned and the smallest kept |w|;
-- m(w) = softmax((t^2, w^2) / tau)[1] = sigmoid((w^2 - t^2) / tau), computed in float32;
+- m(w) = softmax((t^2, w^2) / tau)[1] = sigmoid((w^2 - t^2) / tau), computed in float32 (values below 2^-100 as
+  exact zeros, `pdp_hf.kernels.pdp_sigmoid`: never reached at the default relative temperature);
 - forward uses m(W) * W. No mask parameters: only W is learned, and pruned weights keep receiving gradient.
 
 Choices where the paper is silent (documented in docs/methods.md):
@@ -26,7 +27,7 @@ from ..fused import (
     select_pairs,
     unit_scores,
 )
-from ..kernels import KERNELS
+from ..kernels import KERNELS, pdp_sigmoid
 from ..selection import kth_smallest_pair, sampled_kth_pair
 from ..units import Member, UnitGroup
 from .base import MaskMethod, check_positive, nm_selected_groups
@@ -57,7 +58,7 @@ def pdp_threshold(weight: torch.Tensor, zeros: int, exact: bool = True) -> torch
 def pdp_soft_mask(weight: torch.Tensor, threshold: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
     """m(w) = sigmoid((w^2 - t^2) / tau) in float32, whatever the dtype of `weight` (no overflow for tiny tau)."""
     w2 = weight.float().square()
-    return torch.sigmoid((w2 - threshold.float().square()) / tau)
+    return pdp_sigmoid((w2 - threshold.float().square()) / tau)
 
 
 class _PDPMaskedWeight(torch.autograd.Function):
@@ -182,13 +183,13 @@ class PDPMethod(MaskMethod):
             norms = squared_norms()
             shape = broadcast_shape(norms)
             t2 = restack([g.state["threshold"] for g in groups]).square().view(shape)
-            return torch.sigmoid((norms - t2) / restack([g.state["tau"] for g in groups]).view(shape))
+            return pdp_sigmoid((norms - t2) / restack([g.state["tau"] for g in groups]).view(shape))
 
     def soft_mask(self, group: UnitGroup) -> torch.Tensor:
         """Unit-level soft mask in float32 (differentiable through the unit norms)."""
         with torch.autocast(device_type=group.weight.device.type, enabled=False):
             t2 = group.state["threshold"].square()
-            return torch.sigmoid((group.squared_norms() - t2) / group.state["tau"])
+            return pdp_sigmoid((group.squared_norms() - t2) / group.state["tau"])
 
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = module.weight
@@ -221,7 +222,7 @@ class PDPMethod(MaskMethod):
 
 def pdp_soft_mask_of(group: UnitGroup) -> torch.Tensor:
     t2 = group.state["threshold"].float().square()
-    return torch.sigmoid((group.squared_norms().detach() - t2) / group.state["tau"])
+    return pdp_sigmoid((group.squared_norms().detach() - t2) / group.state["tau"])
 
 
 def nm_threshold(
