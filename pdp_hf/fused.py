@@ -185,8 +185,24 @@ def select_pairs(stacked: torch.Tensor, ks: list[int], exact: bool, absolute: bo
     if small:  # both selections are the direct one
         return kth_pairs(_abs_float(rows) if absolute else rows, ks)
     sample = rows.index_select(1, _sample_index(n, rows.device))
-    ranks = [min(SAMPLE_SIZE - 1, max(1, round(k / n * SAMPLE_SIZE))) for k in ks]
-    return kth_pairs(_abs_float(sample) if absolute else sample, ranks)
+    return kth_pairs(_abs_float(sample) if absolute else sample, _sample_ranks(ks, n))
+
+
+def _sample_ranks(ks: list[int], n: int) -> list[int]:
+    return [min(SAMPLE_SIZE - 1, max(1, round(k / n * SAMPLE_SIZE))) for k in ks]
+
+
+@torch.no_grad()
+def sampled_weight_pairs(groups: list, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`select_pairs(unit_scores(groups), ks, exact=False)` for unstructured matrices sampled (over 4 x 65,536
+    entries), gathering each matrix's sample on its own: no stacked copy of the weights, and one selection along
+    the rows of the samples (on a CPU its rows run in parallel; matrix by matrix they would not). None elsewhere."""
+    n = groups[0].weight.numel()
+    if groups[0].kind != "unstructured" or n <= 4 * SAMPLE_SIZE:
+        return None
+    index = _sample_index(n, groups[0].weight.device)
+    sample = torch.stack([g.weight.detach().reshape(-1).index_select(0, index) for g in groups])
+    return kth_pairs(_abs_float(sample), _sample_ranks(ks, n))
 
 
 def _abs_float(values: torch.Tensor) -> torch.Tensor:

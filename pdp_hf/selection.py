@@ -62,8 +62,8 @@ def kth_smallest_pair(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     rank = k - below  # rank of the answer among the bracketed entries
     if rank < 1 or rank + 1 > inside.numel():
         return _direct(flat, k)
-    ordered = torch.topk(inside, rank + 1, largest=False, sorted=True).values if rank + 1 < 64 else torch.sort(inside).values
-    return ordered[rank - 1], ordered[rank]
+    # Two linear-time selections on the bracket instead of sorting it: the same pair (`_direct` keeps the tie rule).
+    return _direct(inside, rank)
 
 
 def _kth(values: torch.Tensor, k: int) -> torch.Tensor:

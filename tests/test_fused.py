@@ -39,6 +39,51 @@ def test_selection_of_a_stack_equals_the_per_matrix_selection(rows, cols, ties, 
             assert pairs[0][i].item() == one[0].item() and pairs[1][i].item() == one[1].item(), (i, k, exact)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_sampled_pairs_gathered_matrix_by_matrix_equal_the_per_matrix_selection(ties):
+    """The CPU path (no stacked weights): each matrix's sample gathered on its own, one selection along the rows,
+    the values `sampled_kth_pair` gives matrix by matrix and `select_pairs` gives from the stack."""
+    from types import SimpleNamespace
+
+    stacked = _matrices(3, 520, 520, ties=ties)
+    groups = [SimpleNamespace(kind="unstructured", weight=w) for w in stacked]
+    n = 520 * 520
+    for ks in ([n // 2] * 3, [1, n // 3, n - 1]):
+        pairs = fused_module.sampled_weight_pairs(groups, ks)
+        stack = select_pairs(stacked, ks, exact=False)
+        for i, k in enumerate(ks):
+            one = sampled_kth_pair(stacked[i].reshape(-1), k, absolute=True)
+            assert (pairs[0][i].item(), pairs[1][i].item()) == (one[0].item(), one[1].item()), (i, k)
+            assert (stack[0][i].item(), stack[1][i].item()) == (one[0].item(), one[1].item()), (i, k)
+    small = [SimpleNamespace(kind="unstructured", weight=torch.randn(24, 40)) for _ in range(2)]
+    assert fused_module.sampled_weight_pairs(small, [10, 10]) is None  # direct selection there, per matrix
+    assert fused_module.sampled_weight_pairs([SimpleNamespace(kind="neuron", weight=w) for w in stacked], [9, 9]) is None
+
+
+def test_cpu_steps_select_sampled_thresholds_once_per_shape_class(monkeypatch):
+    """Masks group by group (the CPU default): between exact refreshes PDP takes the thresholds of same-shape
+    matrices from one selection (3 classes: Q/K/V/attention-out, FFN in, FFN out), not one per matrix (12), with
+    the thresholds of the group-by-group selection."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)  # hidden 576: every matrix is sampled (over 4 x 65,536 entries)
+    model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=576, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=1152, num_labels=2))
+    config = PDPConfig(target_sparsity=0.5, pruning_start=0, pruning_end=10, harden_at=None, fused_masks="off")
+    pruner = get_pruner(apply_pruning(model, config))
+    pruner.set_total_steps(12)
+    pruner.step(0)
+    selections = []
+    kthvalue = torch.kthvalue
+    monkeypatch.setattr(torch, "kthvalue", lambda *a, **k: selections.append(1) or kthvalue(*a, **k))
+    pruner.step(5)  # between refreshes (every 10 steps)
+    assert len(pruner.groups) == 12 and len(selections) == 3
+    for group in pruner.groups:
+        zeros = group.zeros
+        one = sampled_kth_pair(group.weight.detach().reshape(-1), zeros, absolute=True)
+        assert group.state["threshold"].item() == (0.5 * (one[0] + one[1])).item(), group.name
+
+
 def test_kth_pairs_keep_the_nan_rule_of_the_direct_selection():
     rows = torch.tensor([[0.5, float("nan"), 0.25, 0.125], [0.5, 0.375, 0.25, 0.125]])
     kth, second = kth_pairs(rows, [2, 2])

@@ -24,6 +24,7 @@ from ..fused import (
     broadcast_shape,
     fusable_classes,
     restack,
+    sampled_weight_pairs,
     select_pairs,
     unit_scores,
 )
@@ -151,12 +152,16 @@ class PDPMethod(MaskMethod):
             group.state["tau"] = torch.full((), self.temperature, device=t.device)
 
     @torch.no_grad()
-    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True, stack_weights: bool = True) -> None:
         # Groups of one signature (pdp_hf.fused): every threshold from one selection along the rows, on |w| for
-        # unstructured matrices, on the unit norms for neurons and heads.
+        # unstructured matrices, on the unit norms for neurons and heads. Without stacked weights (the CPU path)
+        # only the sampled selections of unstructured matrices are shared.
         classes, single = fusable_classes(items, lambda g, z: g.kind in FUSED_KINDS and 0 < z < g.num_units)
         for same, zeros in classes:
-            pairs = select_pairs(unit_scores(same), zeros, exact)
+            if stack_weights:
+                pairs = select_pairs(unit_scores(same), zeros, exact)
+            else:
+                pairs = None if exact else sampled_weight_pairs(same, zeros)
             if pairs is None:
                 single.extend(zip(same, zeros))
                 continue
