@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -330,6 +331,7 @@ def main() -> None:
     for batch_size in args.batch_sizes:
         runs = {v: Run(v, args) for v in variants}
         totals = dict.fromkeys(variants, 0.0)
+        per_step = {v: [] for v in variants}
         order = random.Random(0)
         for step in range(args.warmup + args.steps):
             batch = make_batch(args, batch_size, step)
@@ -338,6 +340,7 @@ def main() -> None:
                 seconds = runs[variant].step(batch)
                 if step >= args.warmup:
                     totals[variant] += seconds
+                    per_step[variant].append(seconds)
             if step >= args.warmup:
                 print(f"batch {batch_size} step {step - args.warmup + 1}/{args.steps}: "
                       + ", ".join(f"{v} {1000 * totals[v] / (step - args.warmup + 1):.0f} ms" for v in variants), flush=True)
@@ -348,18 +351,22 @@ def main() -> None:
         dense_runs = [v for v in variants if v.startswith("dense")]
         dense_total = sum(totals[v] for v in dense_runs) / len(dense_runs)
         dense_mem = {v: memory[v] for v in dense_runs if v in memory}
+        # Paired: each step's time over the dense instances' mean in that same step, the median over steps. A slow
+        # spell of the machine (other tenants) moves every variant of a step alike and leaves this ratio alone.
+        dense_steps = [sum(per_step[v][i] for v in dense_runs) / len(dense_runs) for i in range(args.steps)]
         for variant in variants:
             mem = memory.get(variant)
             mem_ratio = mem / (sum(dense_mem.values()) / len(dense_mem)) if mem is not None and dense_mem else None
+            paired = statistics.median(t / d for t, d in zip(per_step[variant], dense_steps))
             rows.append((batch_size, variant, 1000 * totals[variant] / args.steps, totals[variant] / dense_total,
-                         mem, mem_ratio))
+                         paired, mem, mem_ratio))
 
-    print("\n| batch | variant | ms / step | step ratio to dense | peak MiB | memory ratio to dense |")
-    print("|---:|---|---:|---:|---:|---:|")
-    for batch_size, variant, ms, ratio, mem, mem_ratio in rows:
+    print("\n| batch | variant | ms / step | step ratio to dense | paired median ratio | peak MiB | memory ratio to dense |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for batch_size, variant, ms, ratio, paired, mem, mem_ratio in rows:
         mem_cells = f"{mem:.0f} | {mem_ratio:.3f}" if mem is not None else "- | -"
-        print(f"| {batch_size} | {variant} | {ms:.1f} | {ratio:.3f} | {mem_cells} |")
-    print("(ratios are to the mean of the dense instances)")
+        print(f"| {batch_size} | {variant} | {ms:.1f} | {ratio:.3f} | {paired:.3f} | {mem_cells} |")
+    print("(ratios are to the mean of the dense instances; paired: the median over steps of each step's ratio)")
 
 
 if __name__ == "__main__":
