@@ -3,12 +3,14 @@
 
     python benchmarks/benchmark_speed_budget.py                 # 4 layers, targets 1.5 2 3, uniform and global
     python benchmarks/benchmark_speed_budget.py --layers 12 --targets 2
+    python benchmarks/benchmark_speed_budget.py --shape minilm --targets 2 --price_batch_size 1 --distributions uniform
 
 A BERT-base-width model (hidden 768, 12 heads, FFN 3072, random weights: speed does not depend on the values) is
 priced once (`measure_unit_costs` at batch 32 x 128, as `apply_pruning` does), then for every target and
 distribution the budgets are fixed, the model finalized and shrunk as `export_pruned(shrink=True)` would, and the
 shrunk model is timed against the dense one, interleaved, at batch 32 and 1 (seq 128). The prediction is for the
-priced shape (batch 32).
+priced shape (batch 32, or `--price_batch_size`). `--shape minilm` uses all-MiniLM-L6-v2's shape (6 layers, hidden
+384, 12 heads, FFN 1536), the frontier's model.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from pdp_hf.speed_budget import measure_unit_costs
 from pdp_hf.targets import find_targets
 from pdp_hf.units import build_unit_groups
 
+# BERT-base width at --layers layers, or all-MiniLM-L6-v2's shape (its own depth)
+SHAPES = {"bert-base": {}, "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                          intermediate_size=1536)}
+
 
 def timed(model, inputs) -> float:
     with torch.inference_mode():
@@ -40,22 +46,30 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--shape", choices=list(SHAPES), default="bert-base")
+    parser.add_argument("--price_batch_size", type=int, default=32, help="Batch of the pricing (speed_batch_size).")
+    parser.add_argument("--distributions", nargs="+", choices=["uniform", "global"], default=["uniform", "global"])
     args = parser.parse_args()
     torch.manual_seed(0)
-    base = BertForSequenceClassification(BertConfig(num_hidden_layers=args.layers, num_labels=2)).eval()
+    shape = dict(SHAPES[args.shape])
+    layers = shape.pop("num_hidden_layers", args.layers)
+    base = BertForSequenceClassification(BertConfig(num_hidden_layers=layers, num_labels=2, **shape)).eval()
+    heads_per_layer, ffn = base.config.num_attention_heads, base.config.intermediate_size
     structure = PDPConfig(granularity="attention=head,ffn=neuron", target_sparsity=0.5)
-    costs = measure_unit_costs(base, build_unit_groups(base, find_targets(base, None), structure), 32, 128)
-    print(f"BERT-base width, {args.layers} layers, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"prices at batch 32 x 128: dense {1000 * costs['dense']:.1f} ms, head {1000 * costs['head']:.3f} ms, "
+    costs = measure_unit_costs(base, build_unit_groups(base, find_targets(base, None), structure),
+                               args.price_batch_size, 128)
+    print(f"{args.shape} shape, {layers} layers, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"prices at batch {args.price_batch_size} x 128: dense {1000 * costs['dense']:.1f} ms, head {1000 * costs['head']:.3f} ms, "
           f"neuron {1000 * costs['neuron']:.4f} ms")
-    print("| target | distribution | heads kept | neurons kept | predicted (b32) | measured b32 | measured b1 |")
+    print(f"| target | distribution | heads kept | neurons kept | predicted (b{args.price_batch_size}) | measured b32 | measured b1 |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     injection.measure_unit_costs = lambda *a, **k: costs  # price once: every target uses the same timing
     for target in args.targets:
-        for distribution in ("uniform", "global"):
+        for distribution in args.distributions:
             model = copy.deepcopy(base)
             config = PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=target,
-                               sparsity_distribution=distribution, method="magnitude")
+                               sparsity_distribution=distribution, method="magnitude",
+                               speed_batch_size=args.price_batch_size)
             apply_pruning(model, config)
             pruner = get_pruner(model)
             pruner.set_total_steps(10)
@@ -76,7 +90,7 @@ def main() -> None:
                     samples["dense"].append(timed(base, inputs))
                     samples["shrunk"].append(timed(model, inputs))
                 measured[batch] = statistics.median(samples["dense"]) / statistics.median(samples["shrunk"])
-            print(f"| {target:g} | {distribution} | {heads}/{12 * args.layers} | {neurons}/{3072 * args.layers} | "
+            print(f"| {target:g} | {distribution} | {heads}/{heads_per_layer * layers} | {neurons}/{ffn * layers} | "
                   f"{predicted:.2f}x | {measured[32]:.2f}x | {measured[1]:.2f}x |", flush=True)
 
 
