@@ -184,12 +184,13 @@ def select_pairs(stacked: torch.Tensor, ks: list[int], exact: bool, absolute: bo
         return None
     if small:  # both selections are the direct one
         return kth_pairs(_abs_float(rows) if absolute else rows, ks)
-    sample = rows.index_select(1, _sample_index(n, rows.device))
-    return kth_pairs(_abs_float(sample) if absolute else sample, _sample_ranks(ks, n))
+    return _sample_pairs(rows.index_select(1, _sample_index(n, rows.device)), ks, n, absolute)
 
 
-def _sample_ranks(ks: list[int], n: int) -> list[int]:
-    return [min(SAMPLE_SIZE - 1, max(1, round(k / n * SAMPLE_SIZE))) for k in ks]
+def _sample_pairs(sample: torch.Tensor, ks: list[int], n: int, absolute: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs of the samples (M, SAMPLE_SIZE) of M tensors of n entries, at the ranks that scale each k to them."""
+    ranks = [min(SAMPLE_SIZE - 1, max(1, round(k / n * SAMPLE_SIZE))) for k in ks]
+    return kth_pairs(_abs_float(sample) if absolute else sample, ranks)
 
 
 @torch.no_grad()
@@ -201,8 +202,7 @@ def sampled_weight_pairs(groups: list, ks: list[int]) -> tuple[torch.Tensor, tor
     if groups[0].kind != "unstructured" or n <= 4 * SAMPLE_SIZE:
         return None
     index = _sample_index(n, groups[0].weight.device)
-    sample = torch.stack([g.weight.detach().reshape(-1).index_select(0, index) for g in groups])
-    return kth_pairs(_abs_float(sample), _sample_ranks(ks, n))
+    return _sample_pairs(torch.stack([g.weight.detach().reshape(-1).index_select(0, index) for g in groups]), ks, n, True)
 
 
 def _abs_float(values: torch.Tensor) -> torch.Tensor:

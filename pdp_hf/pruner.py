@@ -117,8 +117,8 @@ class Pruner:
                 # a method that masks while nothing is pruned must hear of a budget that fell to 0 (the learned
                 # distribution re-ranks layers), or its last mask would go on pruning that layer in training
                 updates.append((group, zeros))
-        # the selections of same-shape groups at once (pdp_hf.fused); group by group, only those needing no stacked weights
-        self.method.update_many(updates, exact, stack_weights=fusing_enabled(self))
+        # the selections of same-shape groups at once (pdp_hf.fused), or what of them needs no stacked weights
+        (self.method.update_many if fusing_enabled(self) else self.method.update_each)(updates, exact)
         pruning = [g for g in self.groups if g.zeros]
         if pruning:
             self.method.end_update(pruning)
@@ -179,16 +179,8 @@ class Pruner:
 
     @torch.no_grad()
     def non_finite_modules(self) -> list[str]:
-        # A sum is NaN or Inf whenever one entry is: one read pass per weight and one host sync settle the usual
-        # all-finite case; the entry-wise test (five passes) runs only to name the modules when a sum is not finite.
-        sums = [m.weight.detach().sum(dtype=torch.float32) for m in self.modules.values()]
-        if sums and bool(torch.isfinite(torch.stack([s.to(sums[0].device) for s in sums])).all()):
-            modules = {}
-        else:
-            modules = self.modules
-        bad = [name for name, m in modules.items() if not bool(torch.isfinite(m.weight).all())]
-        bad += [f"{SCORES_ATTR} of {g.name}" for g in self.groups if g.score is not None and not bool(torch.isfinite(g.score).all())]
-        return bad
+        bad = _non_finite({name: m.weight for name, m in self.modules.items()})
+        return bad + _non_finite({f"{SCORES_ATTR} of {g.name}": g.score for g in self.groups if g.score is not None})
 
     def check_finite(self, when: str) -> None:
         """Raise FloatingPointError naming every targeted module whose weight holds NaN or Inf."""
@@ -364,3 +356,13 @@ class Pruner:
     def load_state(self, directory: str) -> None:
         """Restore budgets and hardened masks from a checkpoint written by `save_state` with the same config."""
         load_state(self, directory)
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors holding NaN or Inf. A sum is NaN or Inf whenever one entry is: one read pass per
+    tensor and one host sync settle the usual all-finite case; the entry-wise test (five passes) runs only to name
+    them when a sum is not finite."""
+    sums = [t.detach().sum(dtype=torch.float32) for t in tensors.values()]
+    if not sums or bool(torch.isfinite(torch.stack([s.to(sums[0].device) for s in sums])).all()):
+        return []
+    return [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]

@@ -149,11 +149,15 @@ class MaskMethod:
         only while the group prunes units, or at every step (`zeros` 0 too) for methods with `masks_before_pruning`."""
         raise NotImplementedError
 
-    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True, stack_weights: bool = True) -> None:
-        """`update(group, zeros, exact)` for every (group, zeros) of one optimizer step; methods override it to
-        select the thresholds of same-shape matrices at once (`pdp_hf.fused`), with the same values.
-        `stack_weights=False` (masks group by group, the CPU default) allows only what needs no stacked copy of the
-        weights."""
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+        """`update(group, zeros, exact)` for every (group, zeros) of one optimizer step, with the fused masks on;
+        methods override it to select the thresholds of same-shape matrices at once (`pdp_hf.fused`), with the same
+        values."""
+        self.update_each(items, exact)
+
+    def update_each(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+        """The same with the masks group by group (the CPU default): methods may share what needs no stacked copy of
+        the weights."""
         for group, zeros in items:
             self.update(group, zeros, exact)
 

@@ -70,9 +70,7 @@ class MagnitudeMethod(MaskMethod):
         group.state["keep"] = multiplier(keep, group.weight.dtype)
 
     @torch.no_grad()
-    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True, stack_weights: bool = True) -> None:
-        if not stack_weights:  # its selections read stacked weights or scores
-            return super().update_many(items, exact)
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
         # Groups of one signature (pdp_hf.fused): every cut from one selection, every mask from one pass.
         classes, single = fusable_classes(items, lambda g, z: g.kind in FUSED_KINDS and 0 < z < g.num_units)
         for same, zeros in classes:

@@ -80,9 +80,7 @@ class MovementMethod(MaskMethod):
         group.state["keep"] = multiplier(keep, group.weight.dtype)
 
     @torch.no_grad()
-    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True, stack_weights: bool = True) -> None:
-        if not stack_weights:  # its selections read stacked weights or scores
-            return super().update_many(items, exact)
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
         # Between exact refreshes, groups of one signature: every sampled cut from one selection
         # (pdp_hf.fused); a matrix whose cut misses its budget (ties) takes the exact top-k on its own, as in update.
         classes, single = fusable_classes(

@@ -151,17 +151,23 @@ class PDPMethod(MaskMethod):
         else:
             group.state["tau"] = torch.full((), self.temperature, device=t.device)
 
-    @torch.no_grad()
-    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True, stack_weights: bool = True) -> None:
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
         # Groups of one signature (pdp_hf.fused): every threshold from one selection along the rows, on |w| for
-        # unstructured matrices, on the unit norms for neurons and heads. Without stacked weights (the CPU path)
-        # only the sampled selections of unstructured matrices are shared.
+        # unstructured matrices, on the unit norms for neurons and heads.
+        self._update_classes(items, exact, lambda same, zeros: select_pairs(unit_scores(same), zeros, exact))
+
+    def update_each(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
+        # Group by group: only the sampled selections of unstructured matrices are shared, each matrix's sample
+        # gathered on its own (no stacked weights).
+        self._update_classes(items, exact, lambda same, zeros: None if exact else sampled_weight_pairs(same, zeros))
+
+    @torch.no_grad()
+    def _update_classes(self, items: list[tuple[UnitGroup, int]], exact: bool, select) -> None:
+        """Thresholds of each signature class from `select(groups, zeros)` (the (k-th, (k+1)-th) pairs, or None for
+        the per-group update), the other groups one by one."""
         classes, single = fusable_classes(items, lambda g, z: g.kind in FUSED_KINDS and 0 < z < g.num_units)
         for same, zeros in classes:
-            if stack_weights:
-                pairs = select_pairs(unit_scores(same), zeros, exact)
-            else:
-                pairs = None if exact else sampled_weight_pairs(same, zeros)
+            pairs = select(same, zeros)
             if pairs is None:
                 single.extend(zip(same, zeros))
                 continue

@@ -115,10 +115,8 @@ class SmartMethod(MaskMethod):
         return group.kind in FUSED_KINDS and not self._shares(group)
 
     @torch.no_grad()
-    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True, stack_weights: bool = True) -> None:
+    def update_many(self, items: list[tuple[UnitGroup, int]], exact: bool = True) -> None:
         # Groups of one signature (pdp_hf.fused): every lambda from one Newton iteration over the rows.
-        if not stack_weights:  # it reads stacked scores
-            return super().update_many(items, exact)
         classes, single = fusable_classes(items, lambda g, z: self._fusable(g) and 0 < z < g.num_units)
         for groups, zeros in classes:
             scores = torch.stack([g.score.detach() for g in groups]).view(len(groups), -1)
