@@ -4,10 +4,11 @@
     python benchmarks/benchmark_speed_budget.py                 # 4 layers, targets 1.5 2 3, uniform and global
     python benchmarks/benchmark_speed_budget.py --layers 12 --targets 2
     python benchmarks/benchmark_speed_budget.py --shape minilm --targets 2 --price_batch_size 1 --distributions uniform
+    python benchmarks/benchmark_speed_budget.py --shape minilm --targets 2 3 --price_batch_size 1 --calibration_timings 0 3
 
 A BERT-base-width model (hidden 768, 12 heads, FFN 3072, random weights: speed does not depend on the values) is
-priced once (`measure_unit_costs` at batch 32 x 128, as `apply_pruning` does), then for every target and
-distribution the budgets are fixed, the model finalized and shrunk as `export_pruned(shrink=True)` would, and the
+priced once (`measure_unit_costs` at batch 32 x 128, as `apply_pruning` does), then for every target, distribution
+and number of calibration timings (`speed_calibration_timings`: 0 trusts the prices alone) the budgets are fixed, the model finalized and shrunk as `export_pruned(shrink=True)` would, and the
 shrunk model is timed against the dense one, interleaved, at batch 32 and 1 (seq 128). The prediction is for the
 priced shape (batch 32, or `--price_batch_size`). `--shape minilm` uses all-MiniLM-L6-v2's shape (6 layers, hidden
 384, 12 heads, FFN 1536), the frontier's model.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import time
 
@@ -49,6 +51,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=list(SHAPES), default="bert-base")
     parser.add_argument("--price_batch_size", type=int, default=32, help="Batch of the pricing (speed_batch_size).")
     parser.add_argument("--distributions", nargs="+", choices=["uniform", "global"], default=["uniform", "global"])
+    parser.add_argument("--calibration_timings", type=int, nargs="+", default=[3],
+                        help="speed_calibration_timings of each row (0: the prices alone).")
     args = parser.parse_args()
     torch.manual_seed(0)
     shape = dict(SHAPES[args.shape])
@@ -61,37 +65,37 @@ def main() -> None:
     print(f"{args.shape} shape, {layers} layers, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"prices at batch {args.price_batch_size} x 128: dense {1000 * costs['dense']:.1f} ms, head {1000 * costs['head']:.3f} ms, "
           f"neuron {1000 * costs['neuron']:.4f} ms")
-    print(f"| target | distribution | heads kept | neurons kept | predicted (b{args.price_batch_size}) | measured b32 | measured b1 |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print(f"| target | distribution | calibration timings | heads kept | neurons kept | predicted (b{args.price_batch_size}) | "
+          "measured b32 | measured b1 |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     injection.measure_unit_costs = lambda *a, **k: costs  # price once: every target uses the same timing
-    for target in args.targets:
-        for distribution in args.distributions:
-            model = copy.deepcopy(base)
-            config = PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=target,
-                               sparsity_distribution=distribution, method="magnitude",
-                               speed_batch_size=args.price_batch_size)
-            apply_pruning(model, config)
-            pruner = get_pruner(model)
-            pruner.set_total_steps(10)
-            pruner.step(pruner.schedule.start)
-            predicted = pruner.predicted_speedup()
-            heads = sum(g.num_units - pruner.budgets[g.name] for g in pruner.groups if g.kind == "head")
-            neurons = sum(g.num_units - pruner.budgets[g.name] for g in pruner.groups if g.kind == "neuron")
-            finalize_pruning(model)
-            shrink_for_export(model)
-            measured = {}
-            for batch in (32, 1):
-                ids = torch.randint(1000, 2000, (batch, 128))
-                inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-                for m in (base, model):
-                    timed(m, inputs)
-                samples = {"dense": [], "shrunk": []}
-                for _ in range(args.rounds):
-                    samples["dense"].append(timed(base, inputs))
-                    samples["shrunk"].append(timed(model, inputs))
-                measured[batch] = statistics.median(samples["dense"]) / statistics.median(samples["shrunk"])
-            print(f"| {target:g} | {distribution} | {heads}/{heads_per_layer * layers} | {neurons}/{ffn * layers} | "
-                  f"{predicted:.2f}x | {measured[32]:.2f}x | {measured[1]:.2f}x |", flush=True)
+    for target, distribution, timings in itertools.product(args.targets, args.distributions, args.calibration_timings):
+        model = copy.deepcopy(base)
+        config = PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=target,
+                           sparsity_distribution=distribution, method="magnitude",
+                           speed_batch_size=args.price_batch_size, speed_calibration_timings=timings)
+        apply_pruning(model, config)
+        pruner = get_pruner(model)
+        pruner.set_total_steps(10)
+        pruner.step(pruner.schedule.start)
+        predicted = pruner.predicted_speedup()
+        heads = sum(g.num_units - pruner.budgets[g.name] for g in pruner.groups if g.kind == "head")
+        neurons = sum(g.num_units - pruner.budgets[g.name] for g in pruner.groups if g.kind == "neuron")
+        finalize_pruning(model)
+        shrink_for_export(model)
+        measured = {}
+        for batch in (32, 1):
+            ids = torch.randint(1000, 2000, (batch, 128))
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            for m in (base, model):
+                timed(m, inputs)
+            samples = {"dense": [], "shrunk": []}
+            for _ in range(args.rounds):
+                samples["dense"].append(timed(base, inputs))
+                samples["shrunk"].append(timed(model, inputs))
+            measured[batch] = statistics.median(samples["dense"]) / statistics.median(samples["shrunk"])
+        print(f"| {target:g} | {distribution} | {timings} | {heads}/{heads_per_layer * layers} | {neurons}/{ffn * layers} | "
+              f"{predicted:.2f}x | {measured[32]:.2f}x | {measured[1]:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 
 from .atomic import atomic_write
 from .config import RUNTIME_FIELDS, PDPConfig
+from .config_io import read_unit_costs
 from .scores import SCORES_ATTR, PruningScores
 
 STATE_NAME = "pruning_state.safetensors"
@@ -77,7 +78,10 @@ def load_state(pruner, directory: str) -> None:
             costs = json.loads(meta.get("unit_costs", "null"))
             if costs is None:
                 raise ValueError(f"Checkpoint {directory} has no unit costs, but its config sets target_speedup.")
-            pruner.unit_costs = {k: float(v) for k, v in costs.items()}
+            try:  # a tampered price or calibration would fix other budgets than the run that saved them
+                pruner.unit_costs = read_unit_costs(costs, {g.kind for g in pruner.groups})
+            except ValueError as err:
+                raise ValueError(f"Checkpoint {directory} holds unusable unit costs: {err}.") from None
         budgets = json.loads(meta.get("budgets", "null"))
         pruner.budgets = None if budgets is None else _checked_budgets(pruner, budgets, path)
         pruner.hardened = json.loads(meta.get("hardened", "false"))
@@ -143,13 +147,11 @@ def _checked_budgets(pruner, budgets: dict, path: str) -> dict[str, int]:
                 f"this config {want}). The state belongs to another run, or it was changed."
             )
     if config.sparsity_distribution != "uniform" and config.target_speedup is not None:
-        from .speed_budget import predicted_speedup
+        from .speed_budget import predicted_speedup, pruned_by_kind, speed_aim
 
-        pruned: dict[str, int] = {}
-        for g in pruner.groups:
-            pruned[g.kind] = pruned.get(g.kind, 0) + budgets[g.name]
         full = [g.name for g in pruner.groups if budgets[g.name] >= g.num_units]
-        if full or predicted_speedup(pruner.unit_costs, pruned) < config.target_speedup:
+        aim = speed_aim(pruner.unit_costs, pruner.groups, config.target_speedup)
+        if full or predicted_speedup(pruner.unit_costs, pruned_by_kind(pruner.groups, budgets)) < aim:
             raise ValueError(f"{path}: its budgets do not give target_speedup {config.target_speedup} with the saved "
                              f"prices{' (' + full[0] + ' keeps no unit)' if full else ''}. The state belongs to another "
                              "run, or it was changed.")

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .config_io import PRUNING_CONFIG_NAME, VERSION_KEY, ConfigIO, read_unit_costs  # noqa: F401  (this module's face)
+from .config_io import PRUNING_CONFIG_NAME, VERSION_KEY, ConfigIO, _invalid, check_target_speedup, read_unit_costs  # noqa: F401  (this module's face)
 from .roles import ROLE_GROUPS, parse_role_map  # noqa: F401  (ROLE_GROUPS: part of this module's face)
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,6 @@ def get_method(name: str) -> Any:
     if name not in METHODS:
         raise ValueError(f"Unknown pruning method {name!r}; available: {sorted(METHODS)}.")
     return METHODS[name]
-
-
-def _invalid(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"PDPConfig.{name}={value!r} is invalid: {allowed}.")
 
 
 @dataclass
@@ -77,10 +73,11 @@ class PDPConfig(ConfigIO):
     target_speedup: Optional[float] = field(
         default=None,
         metadata={
-            "help": "Budgets set by speed instead of sparsity: the predicted forward speedup of the shrunk model on "
-            "the device pruning is applied on, > 1, e.g. 2.0. Needs granularity 'head', 'neuron' or "
+            "help": "Budgets set by speed instead of sparsity: the forward speedup of the shrunk model on the device "
+            "pruning is applied on, > 1, e.g. 2.0. Needs granularity 'head', 'neuron' or "
             "'attention=head,ffn=neuron'; excludes target_sparsity. A short timing of the model's shapes gives a "
-            "cost per head and per neuron (see speed_batch_size, speed_seq_length). sparsity_distribution 'uniform': "
+            "cost per head and per neuron (see speed_batch_size, speed_seq_length), and timings of the shrunk shapes correct "
+            "it (speed_calibration_timings). sparsity_distribution 'uniform': "
             "the same fraction of heads and neurons in every layer, the smallest that reaches the target; 'global': "
             "units pruned over all layers in order of squared norm per unit of cost (uneven layers)."
         },
@@ -91,12 +88,17 @@ class PDPConfig(ConfigIO):
     speed_seq_length: int = field(
         default=128, metadata={"help": "(target_speedup) Tokens per example of that timing (text models)."}
     )
+    speed_calibration_timings: int = field(
+        default=3, metadata={"help": "(target_speedup) Timings of the shrunk shapes that correct the prices until the "
+                             "budgets measure the target, not only predict it; 0 trusts the prices alone."}
+    )
     speed_unit_costs: dict | str | None = field(
         default=None,
         metadata={
             "help": "(target_speedup) Prices to use instead of timing: seconds per forward of the dense model and "
-            "saved per head and per neuron, as a dict, JSON text or a JSON file (an export's config.json records its "
-            "own under pdp_unit_costs). One set of prices for a grid gives every run at a target the same budgets."
+            "saved per head and per neuron (and the calibration, if any), as a dict, JSON text or a JSON file (an "
+            "export's config.json records its own under pdp_unit_costs). One set of prices for a grid gives every run "
+            "at a target the same budgets; a calibration holds for the target it was timed at."
         },
     )
     method: str = field(
@@ -309,33 +311,7 @@ class PDPConfig(ConfigIO):
             )
 
     def _check_target_speedup(self) -> None:
-        for name in ("speed_batch_size", "speed_seq_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise _invalid(name, value, "it must be a whole number >= 1")
-        if self.target_speedup is None:
-            if self.speed_unit_costs is not None:
-                raise _invalid("speed_unit_costs", "...", "it prices target_speedup, which is not set")
-            return
-        self._check_number("target_speedup", self.target_speedup)
-        if self.target_speedup <= 1:
-            raise _invalid("target_speedup", self.target_speedup, "it must be > 1 (2.0 asks for twice as fast)")
-        if self.target_sparsity is not None:
-            raise _invalid("target_sparsity", self.target_sparsity, "target_sparsity and target_speedup exclude each "
-                           "other; set one of them (the other None)")
-        kinds = set(self.granularities().values())
-        if not kinds <= {"head", "neuron"}:
-            raise _invalid("granularity", self.granularity, "target_speedup prices whole heads and FFN neurons; use "
-                           "'head', 'neuron' or 'attention=head,ffn=neuron'")
-        if self.speed_unit_costs is not None:
-            try:
-                self.speed_unit_costs = read_unit_costs(self.speed_unit_costs, kinds)
-            except ValueError as err:
-                raise _invalid("speed_unit_costs", self.speed_unit_costs, str(err)) from None
-        if self.sparsity_distribution == "learned":
-            raise _invalid("sparsity_distribution", "learned", "target_speedup fixes the budgets at pruning_start; "
-                           "use 'uniform' (one fraction of heads and neurons per layer) or 'global' (squared norm per "
-                           "unit of cost over all layers)")
+        check_target_speedup(self)
 
     def prunes(self) -> bool:
         """Whether anything will be pruned: a speed target, a sparsity above 0, or an N:M pattern."""

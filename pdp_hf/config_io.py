@@ -1,4 +1,5 @@
-"""`PDPConfig`'s JSON round trip: `pruning_config.json`, sorted and indented, with the pdp_hf version."""
+"""`PDPConfig`'s JSON round trip (`pruning_config.json`, sorted and indented, with the pdp_hf version) and its checks of
+the speed target's fields."""
 
 from __future__ import annotations
 
@@ -14,10 +15,45 @@ VERSION_KEY = "pdp_hf_version"
 UNIT_COSTS_KEY = "pdp_unit_costs"  # an export's config.json: the prices its budgets were set with
 
 
+def _invalid(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"PDPConfig.{name}={value!r} is invalid: {allowed}.")
+
+
+def check_target_speedup(self) -> None:
+    """PDPConfig's checks of target_speedup and the speed_* fields (resolves speed_unit_costs to a dict)."""
+    for name, least in (("speed_batch_size", 1), ("speed_seq_length", 1), ("speed_calibration_timings", 0)):
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise _invalid(name, value, f"it must be a whole number >= {least}")
+    if self.target_speedup is None:
+        if self.speed_unit_costs is not None:
+            raise _invalid("speed_unit_costs", "...", "it prices target_speedup, which is not set")
+        return
+    self._check_number("target_speedup", self.target_speedup)
+    if self.target_speedup <= 1:
+        raise _invalid("target_speedup", self.target_speedup, "it must be > 1 (2.0 asks for twice as fast)")
+    if self.target_sparsity is not None:
+        raise _invalid("target_sparsity", self.target_sparsity, "target_sparsity and target_speedup exclude each "
+                       "other; set one of them (the other None)")
+    kinds = set(self.granularities().values())
+    if not kinds <= {"head", "neuron"}:
+        raise _invalid("granularity", self.granularity, "target_speedup prices whole heads and FFN neurons; use "
+                       "'head', 'neuron' or 'attention=head,ffn=neuron'")
+    if self.speed_unit_costs is not None:
+        try:
+            self.speed_unit_costs = read_unit_costs(self.speed_unit_costs, kinds)
+        except ValueError as err:
+            raise _invalid("speed_unit_costs", self.speed_unit_costs, str(err)) from None
+    if self.sparsity_distribution == "learned":
+        raise _invalid("sparsity_distribution", "learned", "target_speedup fixes the budgets at pruning_start; "
+                       "use 'uniform' (one fraction of heads and neurons per layer) or 'global' (squared norm per "
+                       "unit of cost over all layers)")
+
+
 def read_unit_costs(value, kinds: set[str]) -> dict[str, float]:
     """`PDPConfig.speed_unit_costs` as a dict of seconds: a dict, JSON text, or the path of a JSON file (an export's
-    config.json holds them under "pdp_unit_costs"). Raises ValueError saying what is wrong; `kinds` are the unit
-    kinds the granularity prices."""
+    config.json holds them under "pdp_unit_costs"), with the optional "calibration" of the shrunk shapes' timing.
+    Raises ValueError saying what is wrong; `kinds` are the unit kinds the granularity prices."""
     if isinstance(value, (str, os.PathLike)):
         text = os.fspath(value)
         if os.path.isfile(text):
@@ -33,10 +69,10 @@ def read_unit_costs(value, kinds: set[str]) -> dict[str, float]:
     if not isinstance(value, dict) or not need <= set(value):
         raise ValueError(f"it must hold seconds for {sorted(need)} (as in an export's config.json, {UNIT_COSTS_KEY})")
     costs = {}
-    for key in sorted(need):
+    for key in sorted(need | ({"calibration"} & set(value))):  # calibration: pdp_hf.speed_budget.calibrate_unit_costs
         number = value[key]
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < float("inf"):
-            raise ValueError(f"{key}={number!r} is not a positive number of seconds")
+            raise ValueError(f"{key}={number!r} is not a positive number" + (" of seconds" if key != "calibration" else ""))
         costs[key] = float(number)
     return costs
 

@@ -26,7 +26,7 @@ from .fused import after_forward, before_forward
 from .methods import MaskMethod, get_method
 from .pruner import Pruner, global_budgets
 from .scores import SCORES_ATTR, PruningScores
-from .speed_budget import check_reachable, measure_unit_costs
+from .speed_budget import calibrate_unit_costs, check_reachable, measure_unit_costs
 from .targets import find_targets, heads_uncut, tied_targets
 from .units import Member, UnitGroup, build_unit_groups
 
@@ -139,9 +139,16 @@ def apply_pruning(model: nn.Module, config: PDPConfig) -> nn.Module:
         if uncut and any(g.kind == "head" for g in groups):
             raise ValueError(f"target_speedup cannot use heads on {type(model).__name__}: {uncut}, so pruned heads buy "
                              "no speed. Prune FFN neurons for speed (granularity='neuron' or 'attention=...,ffn=neuron').")
-        costs = (dict(config.speed_unit_costs) if config.speed_unit_costs is not None  # priced before, elsewhere
-                 else measure_unit_costs(model, groups, config.speed_batch_size, config.speed_seq_length))
-        check_reachable(costs, groups, config.target_speedup)
+        if config.speed_unit_costs is not None:  # priced before, elsewhere: no timing at all
+            costs = dict(config.speed_unit_costs)
+            check_reachable(costs, groups, config.target_speedup)
+        else:
+            costs = measure_unit_costs(model, groups, config.speed_batch_size, config.speed_seq_length)
+            check_reachable(costs, groups, config.target_speedup)
+            if config.speed_calibration_timings:
+                costs = calibrate_unit_costs(model, groups, costs, config.target_speedup, config.sparsity_distribution,
+                                             config.speed_batch_size, config.speed_seq_length,
+                                             config.speed_calibration_timings)
     if method.learnable_scores and masked:
         scores = PruningScores({g.name: method.init_scores(g) for g in masked})
         model.add_module(SCORES_ATTR, scores)

@@ -109,7 +109,9 @@ def render_model_card(
         predicted_speedup=predicted_speedup,
         unit_costs_text=None if not unit_costs else (
             f"dense forward {1000 * unit_costs['dense']:.2f} ms; saved per head "
-            f"{1000 * unit_costs.get('head', 0):.4f} ms, per neuron {1000 * unit_costs.get('neuron', 0):.5f} ms"),
+            f"{1000 * unit_costs.get('head', 0):.4f} ms, per neuron {1000 * unit_costs.get('neuron', 0):.5f} ms"
+            + (f"; timings of the shrunk shapes calibrate them by {unit_costs['calibration']:.3f}"
+               if "calibration" in unit_costs else "")),
         ort_class=auto_class_for(architectures).replace("AutoModel", "ORTModel", 1),
         auto_class=auto_class_for(architectures),
         load_path=load_path,

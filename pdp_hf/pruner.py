@@ -28,7 +28,7 @@ from .optimizers import (
 from .schedules import PruningSchedule, zeros_at
 from .scores import SCORES_ATTR
 from .selection import global_budgets
-from .speed_budget import predicted_speedup, speed_budgets, uniform_speed_budgets
+from .speed_budget import calibrated_speedup, pruned_by_kind, solve_speed_budgets, speed_aim
 from .units import UnitGroup
 
 logger = logging.getLogger(__name__)
@@ -136,11 +136,9 @@ class Pruner:
         comparable units (all weights of unstructured matrices together, all blocks, all heads, all neurons): of the
         unit norms (global), or of the learned scores as they are now (learned). N:M groups always prune every group
         of M."""
-        if self.config.target_speedup is not None:
-            if self.config.sparsity_distribution == "uniform":
-                return uniform_speed_budgets(self.groups, self.unit_costs, self.config.target_speedup)
-            scores = {g.name: g.scores().float().square() for g in self.groups}  # one ranking per second saved
-            return speed_budgets(self.groups, self.unit_costs, self.config.target_speedup, scores)
+        if self.config.target_speedup is not None:  # the aim the (calibrated) prices must predict
+            aim = speed_aim(self.unit_costs, self.groups, self.config.target_speedup)
+            return solve_speed_budgets(self.groups, self.unit_costs, aim, self.config.sparsity_distribution)
         target = self.config.target_sparsity
         budgets = {g.name: g.num_units for g in self.groups if g.kind == "n:m"}
         ranked = [g for g in self.groups if g.kind != "n:m"]
@@ -340,13 +338,11 @@ class Pruner:
         return {"sparsity": zeros / numel, **own, "mask_gap": gap / numel, **speed}
 
     def predicted_speedup(self) -> float | None:
-        """With target_speedup: the forward speedup the final budgets predict on the device they were priced on."""
+        """With target_speedup: the forward speedup the final budgets predict on the device they were priced on (the
+        prices' prediction, corrected by the timing of the shrunk shapes when there was one)."""
         if not self.unit_costs or not self.budgets:
             return None
-        pruned: dict[str, int] = {}
-        for group in self.groups:
-            pruned[group.kind] = pruned.get(group.kind, 0) + self.budgets[group.name]
-        return predicted_speedup(self.unit_costs, pruned)
+        return calibrated_speedup(self.unit_costs, pruned_by_kind(self.groups, self.budgets))
 
     # -- checkpoint state -----------------------------------------------------------------------------------------
     def save_state(self, directory: str) -> None:

@@ -53,13 +53,13 @@ def _median_forward_seconds(model: nn.Module, inputs: dict, rounds: int) -> floa
 
 @torch.no_grad()
 def _cut(model: nn.Module, groups, kinds: tuple[str, ...], keep_of) -> int:
-    """Zero all but `keep_of(num_units)` units of every group of `kinds` in `model` (a copy) and slice them out;
-    returns the units cut."""
+    """Zero all but `keep_of(group)` units of every group of `kinds` in `model` (a copy) and slice them out; returns
+    the units cut. Which units stay does not change the speed: the first ones."""
     cut = 0
     for group in groups:
         if group.kind not in kinds:
             continue
-        kept = keep_of(group.num_units)
+        kept = keep_of(group)
         keep = torch.zeros(group.num_units, dtype=torch.bool)
         keep[:kept] = True
         for member in group.members:
@@ -73,6 +73,27 @@ def _cut(model: nn.Module, groups, kinds: tuple[str, ...], keep_of) -> int:
     return cut
 
 
+def _fastest_times(variants: dict[str, nn.Module], inputs: dict, rounds: int) -> dict[str, float]:
+    """The fastest forward of each variant, timed in turns: blocks of `rounds` timings until the last two blocks
+    agree (at most MAX_BLOCKS, then a warning). The first calls allocate and initialize kernels: not timed."""
+    for variant in variants.values():
+        _median_forward_seconds(variant, inputs, 2)
+    blocks: list[dict[str, list[float]]] = []
+    while len(blocks) < 2 or (len(blocks) < MAX_BLOCKS and _disagreement(blocks[-2], blocks[-1])):
+        block = {key: [] for key in variants}
+        for _ in range(rounds):
+            for key, variant in variants.items():
+                block[key].append(_median_forward_seconds(variant, inputs, 1))
+        blocks.append(block)
+    _warn_if_noisy(blocks)
+    return {key: min(min(block[key]) for block in blocks) for key in variants}
+
+
+def _timing_inputs(model: nn.Module, batch: int, seq: int) -> dict:
+    seq = min(seq, getattr(model.config, "max_position_embeddings", None) or seq)
+    return dummy_inputs(model.config, batch, seq, next(model.parameters()).device, seed=0)
+
+
 def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: int = 5) -> dict[str, float]:
     """Seconds per forward of the dense model ("dense"), seconds saved per head and per neuron removed ("head",
     "neuron"), and the time with one head and one neuron left per layer ("floor"), measured on the model's device
@@ -80,31 +101,20 @@ def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: i
     sliced out) give each kind's price; the floor copy calibrates them, so that pricing every removable unit
     predicts the floor that was measured. Each time is the fastest of at least two blocks of `rounds` forwards
     (more, up to MAX_BLOCKS, until two blocks agree). Under torch.distributed, rank 0's values are broadcast."""
-    kinds = tuple(k for k in KINDS if any(g.kind == k for g in groups))
+    kinds = _kinds(groups)
     was_training = model.training
     model.eval()
     try:
-        seq = min(seq, getattr(model.config, "max_position_embeddings", None) or seq)
-        inputs = dummy_inputs(model.config, batch, seq, next(model.parameters()).device, seed=0)
+        inputs = _timing_inputs(model, batch, seq)
         variants = {"dense": (model, 0)}
         for kind in kinds:
             copied = copy.deepcopy(model)
-            variants[kind] = (copied, _cut(copied, groups, (kind,), lambda n: n - n // 2))
+            variants[kind] = (copied, _cut(copied, groups, (kind,), lambda g: g.num_units - g.num_units // 2))
         floor = copy.deepcopy(model)
-        variants["floor"] = (floor, _cut(floor, groups, kinds, lambda n: 1))
-        for variant, _ in variants.values():  # first calls allocate and initialize kernels: not part of the price
-            _median_forward_seconds(variant, inputs, 2)
-        blocks: list[dict[str, list[float]]] = []
-        while len(blocks) < 2 or (len(blocks) < MAX_BLOCKS and _disagreement(blocks[-2], blocks[-1])):
-            block = {key: [] for key in variants}
-            for _ in range(rounds):
-                for key, (variant, _) in variants.items():
-                    block[key].append(_median_forward_seconds(variant, inputs, 1))
-            blocks.append(block)
+        variants["floor"] = (floor, _cut(floor, groups, kinds, lambda g: 1))
+        times = _fastest_times({key: variant for key, (variant, _) in variants.items()}, inputs, rounds)
     finally:
         model.train(was_training)
-    times = {key: min(min(block[key]) for block in blocks) for key in variants}
-    _warn_if_noisy(blocks)
     dense = times["dense"]
     totals = {kind: sum(g.num_units - 1 for g in groups if g.kind == kind) for kind in kinds}
     # a timing too noisy to see a cut still prices the unit above zero
@@ -112,6 +122,10 @@ def measure_unit_costs(model: nn.Module, groups, batch: int, seq: int, rounds: i
     removable = max(dense - times["floor"], 0.01 * dense)
     scale = removable / sum(prices[k] * totals[k] for k in kinds)
     return _broadcast({"dense": dense, **{k: prices[k] * scale for k in kinds}})
+
+
+def _kinds(groups) -> tuple[str, ...]:
+    return tuple(k for k in KINDS if any(g.kind == k for g in groups))
 
 
 # Blocks of `rounds` timings per variant are taken until the fastest time of every variant agrees within AGREE between
@@ -151,7 +165,7 @@ def _warn_if_noisy(blocks: list[dict[str, list[float]]]) -> None:
 def _broadcast(costs: dict[str, float]) -> dict[str, float]:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return costs
-    keys = ["dense", *KINDS]  # one broadcast; -1 marks a kind the model does not price
+    keys = ["dense", *KINDS, "calibration"]  # one broadcast; -1 marks a value the model does not have
     values = torch.tensor([costs.get(k, -1.0) for k in keys], dtype=torch.float64)
     if torch.distributed.get_backend() == "nccl":
         values = values.cuda()
@@ -160,17 +174,32 @@ def _broadcast(costs: dict[str, float]) -> dict[str, float]:
 
 
 def predicted_speedup(costs: dict[str, float], pruned: dict[str, int]) -> float:
-    """T_dense / (T_dense - saved) for `pruned` units per kind."""
-    saved = sum(costs[kind] * count for kind, count in pruned.items())
+    """T_dense / (T_dense - saved) for `pruned` units per kind: the prices alone (`calibrated_speedup` corrects it)."""
+    saved = sum(costs[kind] * count for kind, count in pruned.items() if kind in KINDS)
     return costs["dense"] / max(costs["dense"] - saved, 1e-12)
 
 
-def best_reachable(costs: dict[str, float], groups) -> float:
-    """The speedup with every group down to one unit."""
-    pruned = {}
+def pruned_by_kind(groups, budgets: dict[str, int]) -> dict[str, int]:
+    pruned: dict[str, int] = {}
     for group in groups:
-        pruned[group.kind] = pruned.get(group.kind, 0) + group.num_units - 1
-    return predicted_speedup(costs, pruned)
+        pruned[group.kind] = pruned.get(group.kind, 0) + budgets[group.name]
+    return pruned
+
+
+def calibrated_speedup(costs: dict[str, float], pruned: dict[str, int]) -> float:
+    """The prices' prediction times the calibration (1 when the shrunk shapes were not timed)."""
+    return predicted_speedup(costs, pruned) * costs.get("calibration", 1.0)
+
+
+def speed_aim(costs: dict[str, float], groups, target: float) -> float:
+    """The speedup the prices must predict for the shrunk model to measure `target`: target / calibration, at most
+    the best the prices reach (one unit per group)."""
+    return min(target / costs.get("calibration", 1.0), best_reachable(costs, groups))
+
+
+def best_reachable(costs: dict[str, float], groups) -> float:
+    """The speedup the prices predict with every group down to one unit."""
+    return predicted_speedup(costs, pruned_by_kind(groups, {g.name: g.num_units - 1 for g in groups}))
 
 
 def check_reachable(costs: dict[str, float], groups, target: float) -> None:
@@ -215,9 +244,67 @@ def uniform_speed_budgets(groups, costs: dict[str, float], target: float) -> dic
     check_reachable(costs, groups, target)
     for step in range(1001):
         budgets = {g.name: min(int(round(step / 1000 * g.num_units)), g.num_units - 1) for g in groups}
-        pruned: dict[str, int] = {}
-        for g in groups:
-            pruned[g.kind] = pruned.get(g.kind, 0) + budgets[g.name]
-        if predicted_speedup(costs, pruned) >= target:
+        if predicted_speedup(costs, pruned_by_kind(groups, budgets)) >= target:
             return budgets
     return budgets  # unreachable: check_reachable raised, and s = 1 prunes all but one unit everywhere
+
+
+def norm_scores(groups) -> dict[str, torch.Tensor]:
+    """Squared unit norms: the scores `speed_budgets` ranks (one ranking per second saved)."""
+    return {g.name: g.scores().float().square() for g in groups}
+
+
+def solve_speed_budgets(groups, costs: dict[str, float], aim: float, distribution: str) -> dict[str, int]:
+    """Pruned units per group whose prices predict `aim` (`speed_aim`), in one fraction per layer ("uniform") or
+    ranked by squared norm per unit of cost over all layers ("global")."""
+    if distribution == "uniform":
+        return uniform_speed_budgets(groups, costs, aim)
+    return speed_budgets(groups, costs, aim, norm_scores(groups))
+
+
+def calibrate_unit_costs(model: nn.Module, groups, costs: dict[str, float], target: float, distribution: str,
+                         batch: int, seq: int, timings: int = 3, rounds: int = 5) -> dict[str, float]:
+    """`costs` with a "calibration": the factor by which the shrunk model's measured speedup differs from what the
+    prices predict, so that the budgets they fix measure `target` on this device, not only predict it. A cost per
+    unit is linear in the units kept, and a forward is not: at batch 1 narrow matrices run less efficiently (MiniLM
+    priced at batch 1 for 2x kept 30 of 72 heads and measured 1.74x). Each of up to `timings` rounds fixes the
+    budgets for the current aim, cuts a copy of `model` to them and times it against the dense model in turns (the
+    fastest of agreeing blocks, as the prices); while they measure less than `target`, the next aim corrects by
+    measured / predicted. The first budgets that measure `target` are kept (the prices' own budgets when they do:
+    calibration 1, never fewer units pruned than the prices ask for); if none do, the last correction, with a
+    warning. The global distribution is timed with the budgets the current weights' norms give; its budgets at
+    pruning start rank the weights of then. Under torch.distributed, rank 0's calibration is broadcast. Raises
+    ValueError, naming the measured speedup, when one unit per group does not reach `target`."""
+    kinds = _kinds(groups)
+    tried: list[float] = []  # measured speedups
+    calibration = 1.0
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = _timing_inputs(model, batch, seq)
+        for _ in range(timings):
+            aim = speed_aim({**costs, "calibration": calibration}, groups, target)
+            budgets = solve_speed_budgets(groups, costs, aim, distribution)
+            shrunk = copy.deepcopy(model)
+            _cut(shrunk, groups, kinds, lambda g, budgets=budgets: g.num_units - budgets[g.name])
+            times = _fastest_times({"dense": model, "shrunk": shrunk}, inputs, rounds)
+            measured = times["dense"] / times["shrunk"]
+            tried.append(measured)
+            logger.info("pdp_hf: target_speedup %g: budgets priced at %.3fx measure %.3fx at batch %d x %d.", target,
+                        aim, measured, batch, seq)
+            if measured >= target:
+                return _broadcast({**costs, "calibration": target / aim})
+            if aim >= best_reachable(costs, groups):
+                raise ValueError(
+                    f"PDPConfig.target_speedup={target} cannot be reached on this device: with one head and one neuron "
+                    f"left in every layer the shrunk model measures {measured:.2f}x (batch {batch} x {seq}). Set "
+                    f"target_speedup to at most {measured:.2f}, or prune more kinds of units.")
+            calibration = measured / predicted_speedup(costs, pruned_by_kind(groups, budgets))
+    finally:
+        model.train(was_training)
+    logger.warning(
+        "pdp_hf: target_speedup %g: %d timings of the shrunk shapes measured %s; the budgets take the last "
+        "correction untimed. Check the export with `pdp-hf speed`, or raise speed_calibration_timings.", target,
+        len(tried), ", ".join(f"{m:.2f}x" for m in tried))
+    return _broadcast({**costs, "calibration": calibration})
+

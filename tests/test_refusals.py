@@ -100,6 +100,15 @@ def fixed_prices(monkeypatch):
     """Prices of heads and neurons that do not depend on how busy this machine is."""
     prices = {"dense": 1.0, "head": 0.06, "neuron": 0.003}
     monkeypatch.setattr("pdp_hf.injection.measure_unit_costs", lambda model, groups, batch, seq, rounds=5: dict(prices))
+    monkeypatch.setattr("pdp_hf.injection.calibrate_unit_costs", lambda model, groups, costs, *args: costs)
+
+
+def speed_calibration_tampered(tmp):
+    """Silently wrong before: any number was taken back as a price; a negative calibration fixed other budgets."""
+    ours = _saved(tmp / "ours", 2, **SPEED)
+    _rewrite_state(ours, metadata={"unit_costs": json.dumps({"dense": 1.0, "head": 0.06, "neuron": 0.003,
+                                                              "calibration": -0.5})})
+    return lambda: _resume(ours, **SPEED)
 
 
 def speed_budgets_emptied(tmp):
@@ -305,6 +314,7 @@ REFUSALS = [
     (budgets_out_of_range, ValueError, r"the budget of .* is 1000000000, not a count of its \d+ units"),
     (global_budgets_moved, ValueError, r"element budgets prune \d+ units in all; target_sparsity 0.5 prunes \d+"),
     (speed_budgets_emptied, ValueError, r"its budgets do not give target_speedup 1.2 with the saved prices"),
+    (speed_calibration_tampered, ValueError, r"holds unusable unit costs: calibration=-0.5 is not a positive number\."),
     (hardened_mask_all_kept, ValueError, r"the mask of .* prunes 0 units, its budget says \d+"),
     (hardened_mask_not_bool, ValueError, r"the mask of .* is torch.float32, not bool"),
     (hardened_mask_missing, ValueError, r"says its masks are hardened but has no mask for"),

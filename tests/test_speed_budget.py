@@ -93,6 +93,9 @@ def test_a_target_out_of_reach_names_the_best_reachable_speedup():
     (dict(target_speedup=1.0, granularity="neuron"), "must be > 1"),
     (dict(target_speedup=2.0, granularity="head", sparsity_distribution="learned"), "use 'uniform'"),
     (dict(target_speedup=2.0, granularity="head", speed_batch_size=0), "speed_batch_size=0 is invalid"),
+    (dict(target_speedup=2.0, granularity="head", speed_calibration_timings=-1),
+     r"speed_calibration_timings=-1 is invalid: it must be a whole number >= 0"),
+    (dict(target_speedup=2.0, granularity="head", speed_calibration_timings=True), "speed_calibration_timings=True"),
 ])
 def test_config_refuses_what_a_speed_target_cannot_mean(value, says):
     with pytest.raises(ValueError, match=says):
@@ -109,6 +112,7 @@ def fixed_prices(monkeypatch):
         return {k: v for k, v in PRICES.items() if k == "dense" or any(g.kind == k for g in groups)}
 
     monkeypatch.setattr("pdp_hf.injection.measure_unit_costs", fake)
+    monkeypatch.setattr("pdp_hf.injection.calibrate_unit_costs", lambda model, groups, costs, *args: costs)
     return calls
 
 
@@ -169,6 +173,7 @@ def test_resume_keeps_the_prices_the_run_started_with(fixed_prices, tmp_path, mo
 def _broadcast_worker(rank, folder):
     torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
     costs = sb._broadcast({"dense": 1.0 + rank, "head": 0.01 * (rank + 1), "neuron": 0.001})
+    torch.save(sb._broadcast({**costs, "calibration": 0.9 - 0.1 * rank}), os.path.join(folder, f"calibrated{rank}.pt"))
     torch.save(costs, os.path.join(folder, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -177,6 +182,8 @@ def test_every_rank_prices_with_rank_0s_timing(tmp_path):
     torch.multiprocessing.spawn(_broadcast_worker, args=(str(tmp_path),), nprocs=2)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert rank0 == rank1 == {"dense": 1.0, "head": 0.01, "neuron": 0.001}
+    rank0, rank1 = (torch.load(tmp_path / f"calibrated{r}.pt") for r in (0, 1))
+    assert rank0 == rank1 == {"dense": 1.0, "head": 0.01, "neuron": 0.001, "calibration": 0.9}
 
 
 def test_measured_prices_are_positive_and_calibrated_to_the_floor():
@@ -248,6 +255,26 @@ def test_the_export_card_states_the_target_and_the_predicted_speedup(fixed_price
     assert ("priced on the training device at batch 32 x 128: dense forward 1000.00 ms; saved per head 60.0000 ms, "
             "per neuron 3.00000 ms, in config.json as pdp_unit_costs" in text)
     assert "the same fraction of heads and neurons in every layer" in text  # uniform
+    assert "calibrate" not in text
+
+
+def test_the_export_records_and_states_its_calibration(fixed_prices, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from pdp_hf import export_pruned
+
+    monkeypatch.setattr("pdp_hf.injection.calibrate_unit_costs",
+                        lambda model, groups, costs, *args: {**costs, "calibration": 0.875})
+    model = apply_pruning(tiny_bert(), PDPConfig(granularity="neuron", target_speedup=1.3))
+    get_pruner(model).set_total_steps(10)
+    get_pruner(model).step(1)
+    predicted = get_pruner(model).predicted_speedup()
+    folder = export_pruned(model, str(tmp_path / "export"), shrink=True)
+    text = ModelCard.load(os.path.join(folder, "README.md")).text
+    assert "per neuron 3.00000 ms; timings of the shrunk shapes calibrate them by 0.875, in config.json" in text
+    assert f"budgets predict {round(predicted, 3)}x" in text and 1.3 <= predicted < 1.3 / 0.875
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        assert json.load(f)["pdp_unit_costs"] == {"dense": 1.0, "neuron": 0.003, "calibration": 0.875}
 
 
 def test_prices_given_instead_of_timed_give_the_same_budgets_and_the_export_records_them(fixed_prices, tmp_path,
@@ -279,6 +306,7 @@ def test_prices_given_instead_of_timed_give_the_same_budgets_and_the_export_reco
 
 @pytest.mark.parametrize("given, says", [
     ({"dense": 1.0, "head": 0.06}, r"it must hold seconds for \['dense', 'head', 'neuron'\]"),
+    ({**PRICES, "calibration": float("nan")}, r"calibration=nan is not a positive number\.$"),
     ({"dense": 1.0, "head": -0.06, "neuron": 0.003}, r"head=-0.06 is not a positive number of seconds"),
     ("{not json", "give a dict, JSON text or the path of a JSON file"),
 ])
@@ -287,3 +315,124 @@ def test_prices_given_wrongly_are_refused(given, says):
         PDPConfig(granularity="attention=head,ffn=neuron", target_speedup=1.3, speed_unit_costs=given)
     with pytest.raises(ValueError, match="it prices target_speedup, which is not set"):
         PDPConfig(target_sparsity=0.5, speed_unit_costs=PRICES)
+
+
+# -- calibration: timings of the shrunk shapes -----------------------------------------------------------------------
+def shape_seconds(model, power: float) -> float:
+    """A forward time that depends on the shape alone: 1 s fixed plus per layer (neurons kept / 64) ** power s. Below
+    power 1, narrow FFNs run less efficiently than a cost per neuron assumes (as at batch 1)."""
+    return 1.0 + sum((layer.intermediate.dense.out_features / 64) ** power for layer in model.bert.encoder.layer)
+
+
+def shaped_timing(monkeypatch, power: float) -> list:
+    timed = []
+
+    def forward_seconds(variant, inputs, rounds):
+        timed.append(variant)
+        return shape_seconds(variant, power)
+
+    monkeypatch.setattr(sb, "_median_forward_seconds", forward_seconds)
+    return timed
+
+
+def neuron_budgets(monkeypatch, power: float, target: float, **config):
+    """Budgets for `target` on a tiny BERT (2 layers of 64 neurons) timed by `shape_seconds`: (pruner, measured
+    speedup of the budgets' shapes, forwards timed)."""
+    timed = shaped_timing(monkeypatch, power)
+    model = tiny_bert()
+    pruner = get_pruner(apply_pruning(model, PDPConfig(granularity="neuron", target_speedup=target, speed_batch_size=2,
+                                                       speed_seq_length=8, **config)))
+    pruner.set_total_steps(10)
+    pruner.step(pruner.schedule.start)
+    kept = [g.num_units - pruner.budgets[g.name] for g in pruner.groups]
+    return pruner, (1.0 + 2.0) / (1.0 + sum((k / 64) ** power for k in kept)), len(timed)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "global"])
+def test_calibrated_budgets_measure_the_target_where_the_prices_alone_miss_it(monkeypatch, distribution):
+    """Forwards slower than linear in the neurons kept: the prices alone (timings 0) give budgets that measure 1.29x
+    for 1.5x; the calibrated ones measure the target, and the pruner predicts what they measure (within 3%)."""
+    alone, missed, _ = neuron_budgets(monkeypatch, 0.5, 1.5, speed_calibration_timings=0,
+                                      sparsity_distribution=distribution)
+    assert missed < 1.4 and "calibration" not in alone.unit_costs
+    pruner, measured, _ = neuron_budgets(monkeypatch, 0.5, 1.5, sparsity_distribution=distribution)
+    assert 1.5 <= measured <= 1.5 * 1.03
+    assert pruner.predicted_speedup() == pytest.approx(measured, rel=0.03)
+    assert pruner.unit_costs["calibration"] < 1
+
+
+def test_calibration_of_linear_timings_changes_nothing_after_one_timing(monkeypatch):
+    """Forwards exactly linear in the neurons kept: the prices' budgets measure the target at the first timing."""
+    alone, _, priced = neuron_budgets(monkeypatch, 1.0, 1.5, speed_calibration_timings=0)
+    pruner, measured, timed = neuron_budgets(monkeypatch, 1.0, 1.5)
+    assert pruner.budgets == alone.budgets and pruner.unit_costs["calibration"] == 1.0 and measured >= 1.5
+    assert timed - priced == 2 + 2 * 5 * 2  # warm-up, then two blocks of 5 rounds of dense and shrunk
+
+
+def test_calibration_that_runs_out_of_timings_says_so_and_keeps_its_last_correction(monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING, logger="pdp_hf.speed_budget"):
+        pruner, measured, _ = neuron_budgets(monkeypatch, 0.5, 1.5, speed_calibration_timings=1)
+    assert re.search(r"target_speedup 1.5: 1 timings of the shrunk shapes measured 1.2\dx; the budgets take the last "
+                     r"correction untimed", caplog.text)
+    alone, missed, _ = neuron_budgets(monkeypatch, 0.5, 1.5, speed_calibration_timings=0)
+    assert measured > missed  # the correction, untimed, still prunes more than the prices alone
+
+
+@pytest.mark.parametrize("measured, calibrated", [
+    ([1.7], 1.0),  # the prices' budgets overshoot: kept, never fewer units pruned than the prices ask for
+    ([1.3, 1.45, 1.6], "third"),  # two misses, then the first budgets that measure the target
+])
+def test_calibration_keeps_the_first_budgets_that_measure_the_target(monkeypatch, caplog, measured, calibrated):
+    from pdp_hf.targets import find_targets
+    from pdp_hf.units import build_unit_groups
+
+    timings = iter(measured)
+    aims = []
+    solve = sb.solve_speed_budgets
+    monkeypatch.setattr(sb, "solve_speed_budgets", lambda groups, costs, aim, distribution: (
+        aims.append(aim), solve(groups, costs, aim, distribution))[1])
+    monkeypatch.setattr(sb, "_fastest_times", lambda variants, inputs, rounds: {"dense": 1.0, "shrunk": 1 / next(timings)})
+    model = tiny_bert()
+    groups = build_unit_groups(model, find_targets(model, None), PDPConfig(granularity="neuron", target_sparsity=0.5))
+    with caplog.at_level(logging.WARNING, logger="pdp_hf.speed_budget"):
+        costs = sb.calibrate_unit_costs(model, groups, {"dense": 3.0, "neuron": 1.75 / 126}, 1.5, "uniform", 2, 8)
+    assert len(aims) == len(measured) and aims[0] == 1.5 and aims == sorted(aims) and "untimed" not in caplog.text
+    assert costs["calibration"] == (1.0 if calibrated == 1.0 else 1.5 / aims[2])
+    assert sb.speed_aim(costs, groups, 1.5) == pytest.approx(aims[-1], rel=1e-12)
+
+
+def test_a_target_the_shrunk_shapes_do_not_reach_names_the_measured_speedup(monkeypatch):
+    """Prices that promise more than one unit per layer measures (a noisy floor timing): the timing of the floor
+    itself refuses the target, naming what it measured."""
+    from pdp_hf.targets import find_targets
+    from pdp_hf.units import build_unit_groups
+
+    shaped_timing(monkeypatch, 0.5)  # the floor (1 neuron per layer) measures 3 / 1.25 = 2.4x
+    model = tiny_bert()
+    groups = build_unit_groups(model, find_targets(model, None), PDPConfig(granularity="neuron", target_sparsity=0.5))
+    costs = {"dense": 3.0, "neuron": 2.5 / 126}  # predicts 6x with one neuron per layer
+    with pytest.raises(ValueError, match=r"target_speedup=3.0 cannot be reached on this device: with one head and one "
+                                         r"neuron left in every layer the shrunk model measures 2.40x \(batch 2 x 8\)"):
+        sb.calibrate_unit_costs(model, groups, costs, 3.0, "uniform", 2, 8)
+
+
+def test_a_resumed_run_keeps_the_calibration_it_started_with(fixed_prices, tmp_path, monkeypatch):
+    config = PDPConfig(granularity="neuron", target_speedup=1.3, pruning_start=4, pruning_end=6, harden_at=8)
+    monkeypatch.setattr("pdp_hf.injection.calibrate_unit_costs",
+                        lambda model, groups, costs, *args: {**costs, "calibration": 0.8})
+    first = get_pruner(apply_pruning(tiny_bert(), config))
+    first.set_total_steps(10)
+    first.save_state(str(tmp_path))
+    monkeypatch.setattr("pdp_hf.injection.calibrate_unit_costs",
+                        lambda model, groups, costs, *args: {**costs, "calibration": 1.0})
+    resumed = get_pruner(apply_pruning(tiny_bert(), config))
+    resumed.load_state(str(tmp_path))
+    assert resumed.unit_costs == first.unit_costs == {"dense": 1.0, "neuron": 0.003, "calibration": 0.8}
+    for pruner in (first, resumed):
+        pruner.set_total_steps(10)
+        pruner.step(4)
+    assert resumed.budgets == first.budgets
+    uncalibrated = get_pruner(apply_pruning(tiny_bert(), config))
+    uncalibrated.set_total_steps(10)
+    uncalibrated.step(4)
+    assert sum(first.budgets.values()) > sum(uncalibrated.budgets.values())
