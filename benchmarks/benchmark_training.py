@@ -24,13 +24,15 @@ Variants:
 - `hardened`: after hardening, pruned weights zero in place with masked gradients (PrunerTrainer's path);
 - `hardened-masked`: after hardening with the mask multiplied in at every forward (a loop without
   `Pruner.set_optimizer`, and pdp_hf before 0.3).
-Peak memory is measured per variant in a child process (VmHWM on Linux CPU, max allocated on CUDA) over 3 steps.
+Peak memory is measured per variant in a child process (VmHWM on Linux CPU with glibc's mmap threshold fixed, so
+that freed tensors leave the count; max allocated on CUDA) over 3 steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -166,7 +168,11 @@ def make_batch(args, batch_size: int, step: int):
 def peak_memory(variant: str, batch_size: int, args) -> float:
     """Peak memory (MiB) of `steps` training steps of one variant, in a fresh process."""
     command = [sys.executable, __file__, "--child", variant, "--batch_sizes", str(batch_size), *passthrough(args)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    # glibc's malloc keeps freed blocks below its mmap threshold, which it raises as large blocks are freed: the high
+    # water mark then counts memory no tensor holds any more. A fixed threshold returns every freed tensor to the
+    # system, so VmHWM counts what was alive at once, as max_memory_allocated does on CUDA.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])["peak_mib"]
 
 

@@ -23,6 +23,7 @@ from .checkpoint import STATE_NAME
 from .config import PDPConfig
 from .config_io import UNIT_COSTS_KEY
 from .fused import after_forward, before_forward
+from .kernels import masked_linear
 from .methods import MaskMethod, get_method
 from .pruner import Pruner, global_budgets
 from .scores import SCORES_ATTR, PruningScores
@@ -82,7 +83,23 @@ class PrunedLinear(nn.Linear):
         self.pdp_group.to_device(self.weight.device)
         return self
 
+    def fixed_keeps(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(weight, bias or None) 0/1 multipliers when this training forward masks the weight by a mask fixed for the
+        step, matrix by matrix (magnitude's ramp, a hardened mask without kept zeros); None otherwise. The forward
+        then keeps no masked weight for backward (`kernels.masked_linear`)."""
+        group, member = self.pdp_group, self.pdp_member
+        if not self.training or group.score is not None or (group._fused is not None and member.name in group._fused):
+            return None  # a learned score joins the graph under DDP (`_tie_score`); a fused weight is already made
+        if group.hard_mask is not None:
+            return None if group.keeps_zeros else group.keep_factors(member, self.weight.device)
+        if group.zeros == 0 and not self.pdp_method.masks_before_pruning:
+            return None
+        return self.pdp_method.train_keeps(group, member, self)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        keeps = self.fixed_keeps()
+        if keeps is not None:
+            return masked_linear(input, self.weight, self.bias, *keeps)
         weight, bias = self.pruned_weight_and_bias()
         return F.linear(input, weight, bias)
 

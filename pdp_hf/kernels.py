@@ -23,6 +23,7 @@ import threading
 import types
 
 import torch
+import torch.nn.functional as F
 
 from .topk import MASK_FLOOR
 
@@ -181,3 +182,45 @@ def mask_gradient(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled() or not tensor.requires_grad:
         return tensor
     return _MaskGradient.apply(tensor, keep)
+
+
+def _times(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    product = tensor * keep
+    return product if product.dtype == tensor.dtype else product.to(tensor.dtype)
+
+
+class _MaskedLinear(torch.autograd.Function):
+    """`F.linear(input, weight * weight_keep, bias * bias_keep)` for fixed 0/1 keeps, holding no masked weight from
+    forward to backward: backward multiplies again (one pass over the weight) where autograd through the product
+    keeps a weight-sized tensor per matrix alive for the whole step. The same values and gradients."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, weight_keep, bias_keep):
+        ctx.save_for_backward(input, weight, weight_keep, bias_keep)
+        masked_bias = bias if bias is None or bias_keep is None else _times(bias, bias_keep)
+        return F.linear(input, _times(weight, weight_keep), masked_bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight, weight_keep, bias_keep = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        flat = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_input = grad.matmul(_times(weight, weight_keep))
+        if ctx.needs_input_grad[1]:
+            grad_weight = _times(flat.t().mm(input.reshape(-1, input.shape[-1])), weight_keep)
+        if ctx.needs_input_grad[2]:
+            grad_bias = flat.sum(0) if bias_keep is None else _times(flat.sum(0), bias_keep)
+        return grad_input, grad_weight, grad_bias, None, None
+
+
+def masked_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, weight_keep: torch.Tensor,
+                  bias_keep: torch.Tensor | None) -> torch.Tensor:
+    """A linear layer through weights masked by fixed 0/1 keeps (see `_MaskedLinear`). Under autocast, and where no
+    gradient is needed, the product itself (autocast casts inside the linear, and nothing is kept anyway)."""
+    needs_grad = torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad)
+    if not needs_grad or torch.is_autocast_enabled(input.device.type):
+        masked_bias = bias if bias is None or bias_keep is None else _times(bias, bias_keep)
+        return F.linear(input, _times(weight, weight_keep), masked_bias)
+    return _MaskedLinear.apply(input, weight, bias, weight_keep, bias_keep)
+

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from pdp_hf import PDPConfig, PrunerTrainer, apply_pruning, finalize_pruning, get_pruner
 from pdp_hf.injection import Pruner
-from pdp_hf.kernels import KERNELS, mask_gradient, masked_weight_formula, masked_weight_grad_formula
+from pdp_hf.kernels import KERNELS, mask_gradient, masked_linear, masked_weight_formula, masked_weight_grad_formula
 from pdp_hf.units import multiplier_dtype
 from tests.conftest import text_dataset, tiny_bert, training_args
 
@@ -182,6 +182,59 @@ def test_mask_gradient_is_free_in_forward_and_masks_backward():
         assert mask_gradient(w, keep) is w
 
 
+@pytest.mark.parametrize("input_shape, out, bias_mask", [((4, 16, 32), 32, False), ((2, 8, 32), 64, True),
+                                                         ((5, 32), 48, True), ((32,), 16, False)])
+def test_masked_linear_equals_autograd_through_the_product_bit_for_bit(input_shape, out, bias_mask):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*input_shape, generator=g, requires_grad=True)
+    w = torch.randn(out, input_shape[-1], generator=g, requires_grad=True)
+    b = torch.randn(out, generator=g, requires_grad=True)
+    rows = torch.rand(out, 1, generator=g) > 0.5
+    weight_keep = (rows if bias_mask else torch.rand(out, input_shape[-1], generator=g) > 0.5).to(torch.bfloat16)
+    bias_keep = rows[:, 0].to(torch.bfloat16) if bias_mask else None
+    grad = torch.randn(*input_shape[:-1], out, generator=g)
+    reference = torch.nn.functional.linear(x, w * weight_keep, b if bias_keep is None else b * bias_keep)
+    ours = masked_linear(x, w, b, weight_keep, bias_keep)
+    assert torch.equal(ours, reference)
+    for a, c in zip(torch.autograd.grad(reference, (x, w, b), grad), torch.autograd.grad(ours, (x, w, b), grad)):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("config", [dict(method="magnitude"), dict(method="magnitude", granularity="neuron"),
+                                    dict(pruning_start=0, pruning_end=0, harden_at=0)])
+def test_a_fixed_mask_keeps_no_masked_weight_for_backward(config):
+    """Magnitude's ramp and a hardened mask without kept zeros (no optimizer handed over): autograd holds the
+    weights, the inputs and the masks, never a weight-sized masked copy, and the gradients are those of the
+    product."""
+    model = tiny_bert()
+    apply_pruning(model, PDPConfig(target_sparsity=0.5, **{"pruning_start": 0, "pruning_end": 4, **config}))
+    pruner = get_pruner(model)
+    pruner.set_total_steps(10)
+    pruner.step(2)
+    weights = {p.data_ptr() for p in model.parameters()}
+    shapes = {tuple(m.weight.shape) for m in pruner.modules.values()}
+    copies = []
+
+    def pack(tensor):
+        if tensor.dtype == torch.float32 and tuple(tensor.shape) in shapes and tensor.data_ptr() not in weights:
+            copies.append(tuple(tensor.shape))
+        return tensor
+
+    batch = dict(input_ids=torch.randint(1, 60, (4, 8)), labels=torch.randint(0, 2, (4,)))
+    torch.manual_seed(1)  # the same dropout in both forwards
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(**batch).loss
+    assert copies == [] and len(pruner.modules) == (4 if config.get("granularity") == "neuron" else 12)
+    loss.backward()
+    ours = {n: m.weight.grad.clone() for n, m in pruner.modules.items()}
+    model.zero_grad()
+    for module in pruner.modules.values():  # the same step through autograd of the masked products
+        module.fixed_keeps = lambda: None
+    torch.manual_seed(1)
+    model(**batch).loss.backward()
+    assert all(torch.equal(ours[n], m.weight.grad) for n, m in pruner.modules.items())
+
+
 class _Watch(TrainerCallback):
     """After hardening, at every optimizer step: pruned weights (and bias entries) are exactly zero, so are the
     optimizer's moments for them, and the forward uses the weight tensor itself (no masked copy)."""
@@ -262,17 +315,19 @@ def test_custom_loop_with_sgd_momentum_keeps_zeros():
     assert int((layer.weight == 0).sum()) == zeros
 
 
-def test_many_kinds_of_calls_do_not_hit_the_recompile_limit(fresh_kernels, monkeypatch):
+def test_many_kinds_of_calls_do_not_hit_the_recompile_limit(fresh_kernels):
     """One process meets many kinds of calls (fp32 and bf16 models, matrices and N:M groups): each kind gets its own
     compiled copy, so dynamo's per-code-object limit on compiled variants is never reached (here lowered to 2)."""
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    for dtype in (torch.float32, torch.bfloat16):
-        for shape in ((8, 8), (2, 4, 4), (64,)):
-            w, _, t2, tau = _operands(shape, dtype) if len(shape) > 1 else (torch.randn(64).to(dtype), None,
-                                                                            torch.tensor(0.5), torch.tensor(0.1))
-            torch.testing.assert_close(KERNELS.forward(w, t2, tau, "compiled"), KERNELS.forward(w, t2, tau, "eager"))
+    # dynamo's own patch: monkeypatch's undo left the option unreadable for the tests after this one
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for dtype in (torch.float32, torch.bfloat16):
+            for shape in ((8, 8), (2, 4, 4), (64,)):
+                w, _, t2, tau = _operands(shape, dtype) if len(shape) > 1 else (torch.randn(64).to(dtype), None,
+                                                                                torch.tensor(0.5), torch.tensor(0.1))
+                torch.testing.assert_close(KERNELS.forward(w, t2, tau, "compiled"), KERNELS.forward(w, t2, tau, "eager"))
+    assert torch._dynamo.config.recompile_limit > 2
 
 
 class CodedMomentumSGD(torch.optim.Optimizer):

@@ -201,6 +201,12 @@ class MaskMethod:
         or a DataParallel replica of it, whose weights live on another device)."""
         raise NotImplementedError
 
+    def train_keeps(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The fixed 0/1 multipliers (weight, bias or None) `train_weight` applies, for a method whose training mask
+        is no function of the weights in the graph (magnitude); None (the default) when it is. `PrunedLinear` then
+        multiplies again in backward instead of keeping the masked weight."""
+        return None
+
     def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
         """Unit-level keep-mask used in eval mode before hardening: the hard mask at the current sparsity."""
         return self.hard_mask(group, group.zeros)

@@ -102,5 +102,8 @@ class MagnitudeMethod(MaskMethod):
     def train_weight(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
         return group.masked(group.state["keep"], member, module)
 
+    def train_keeps(self, group: UnitGroup, member: Member, module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return group.expand(group.state["keep"].to(module.weight.device), member)
+
     def eval_mask(self, group: UnitGroup, module: nn.Linear | None = None) -> torch.Tensor:
         return group.state["keep"]  # the mask is already hard (0/1 multipliers)
