@@ -162,15 +162,21 @@ def _warn_if_noisy(blocks: list[dict[str, list[float]]]) -> None:
             "its card.", key, 1000 * a, len(blocks[-1][key]), 1000 * b, len(blocks))
 
 
-def _broadcast(costs: dict[str, float]) -> dict[str, float]:
+def _broadcast_values(values: list[float]) -> list[float]:
+    """Rank 0's `values` on every rank under torch.distributed (one broadcast), else `values`."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return costs
-    keys = ["dense", *KINDS, "calibration"]  # one broadcast; -1 marks a value the model does not have
-    values = torch.tensor([costs.get(k, -1.0) for k in keys], dtype=torch.float64)
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
     if torch.distributed.get_backend() == "nccl":
-        values = values.cuda()
-    torch.distributed.broadcast(values, src=0)
-    return {k: float(v) for k, v in zip(keys, values.cpu().tolist()) if v >= 0}
+        tensor = tensor.cuda()
+    torch.distributed.broadcast(tensor, src=0)
+    return tensor.cpu().tolist()
+
+
+def _broadcast(costs: dict[str, float]) -> dict[str, float]:
+    keys = ["dense", *KINDS, "calibration"]  # -1 marks a value the model does not have
+    values = _broadcast_values([costs.get(k, -1.0) for k in keys])
+    return {k: float(v) for k, v in zip(keys, values) if v >= 0}
 
 
 def predicted_speedup(costs: dict[str, float], pruned: dict[str, int]) -> float:
@@ -275,6 +281,20 @@ def calibrate_unit_costs(model: nn.Module, groups, costs: dict[str, float], targ
     warning. The global distribution is timed with the budgets the current weights' norms give; its budgets at
     pruning start rank the weights of then. Under torch.distributed, rank 0's calibration is broadcast. Raises
     ValueError, naming the measured speedup, when one unit per group does not reach `target`."""
+    calibration, floor = _timed_calibration(model, groups, costs, target, distribution, batch, seq, timings, rounds)
+    # every rank takes rank 0's outcome, a refusal too (a rank that raised alone would leave the others waiting)
+    calibration, floor = _broadcast_values([calibration, floor])
+    if floor:
+        raise ValueError(
+            f"PDPConfig.target_speedup={target} cannot be reached on this device: with one head and one neuron left in "
+            f"every layer the shrunk model measures {floor:.2f}x (batch {batch} x {seq}). Set target_speedup to at "
+            f"most {floor:.2f}, or prune more kinds of units.")
+    return {**costs, "calibration": calibration}
+
+
+def _timed_calibration(model: nn.Module, groups, costs: dict[str, float], target: float, distribution: str, batch: int,
+                       seq: int, timings: int, rounds: int) -> tuple[float, float]:
+    """(calibration, 0.0), or (1.0, the speedup one unit per group measured) when even that misses `target`."""
     kinds = _kinds(groups)
     tried: list[float] = []  # measured speedups
     calibration = 1.0
@@ -293,12 +313,9 @@ def calibrate_unit_costs(model: nn.Module, groups, costs: dict[str, float], targ
             logger.info("pdp_hf: target_speedup %g: budgets priced at %.3fx measure %.3fx at batch %d x %d.", target,
                         aim, measured, batch, seq)
             if measured >= target:
-                return _broadcast({**costs, "calibration": target / aim})
+                return target / aim, 0.0
             if aim >= best_reachable(costs, groups):
-                raise ValueError(
-                    f"PDPConfig.target_speedup={target} cannot be reached on this device: with one head and one neuron "
-                    f"left in every layer the shrunk model measures {measured:.2f}x (batch {batch} x {seq}). Set "
-                    f"target_speedup to at most {measured:.2f}, or prune more kinds of units.")
+                return 1.0, measured
             calibration = measured / predicted_speedup(costs, pruned_by_kind(groups, budgets))
     finally:
         model.train(was_training)
@@ -306,5 +323,5 @@ def calibrate_unit_costs(model: nn.Module, groups, costs: dict[str, float], targ
         "pdp_hf: target_speedup %g: %d timings of the shrunk shapes measured %s; the budgets take the last "
         "correction untimed. Check the export with `pdp-hf speed`, or raise speed_calibration_timings.", target,
         len(tried), ", ".join(f"{m:.2f}x" for m in tried))
-    return _broadcast({**costs, "calibration": calibration})
+    return calibration, 0.0
 

@@ -178,6 +178,32 @@ def _broadcast_worker(rank, folder):
     torch.distributed.destroy_process_group()
 
 
+def _calibration_worker(rank, folder):
+    """Rank 0's timing says one unit per layer misses the target, rank 1's that it is reached (first round); then the
+    other way round."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    results = []
+    for outcomes in ([(1.0, 2.4), (0.9, 0.0)], [(0.8, 0.0), (1.0, 2.0)]):
+        sb._timed_calibration = lambda *args, outcome=outcomes[rank]: outcome
+        try:
+            results.append(sb.calibrate_unit_costs(None, None, {"dense": 1.0, "neuron": 0.01}, 3.0, "uniform", 1, 8))
+        except ValueError as err:
+            results.append(str(err))
+    torch.save(results, os.path.join(folder, f"calibration{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_every_rank_takes_rank_0s_calibration_and_refusal(tmp_path):
+    """A refusal raised on one rank alone would leave the others waiting in the next collective: every rank raises
+    rank 0's, or takes rank 0's calibration."""
+    torch.multiprocessing.spawn(_calibration_worker, args=(str(tmp_path),), nprocs=2)
+    rank0, rank1 = (torch.load(tmp_path / f"calibration{r}.pt") for r in (0, 1))
+    assert rank0 == rank1
+    assert "cannot be reached on this device: with one head and one neuron left in every layer the shrunk model " \
+           "measures 2.40x (batch 1 x 8)" in rank0[0]
+    assert rank0[1] == {"dense": 1.0, "neuron": 0.01, "calibration": 0.8}
+
+
 def test_every_rank_prices_with_rank_0s_timing(tmp_path):
     torch.multiprocessing.spawn(_broadcast_worker, args=(str(tmp_path),), nprocs=2)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
