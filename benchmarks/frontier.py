@@ -80,7 +80,7 @@ PLAN = [
     (("smart", "magnitude"), ("x1.5", "x2.5"), ("ftkd",), (42,)),
     (("smart",), ("x4",), ("ftkd",), (42,)),
     (("smart",), ("x3b1",), ("ftkd3x",), (42, 43, 44)),  # the 3x goal at batch 1: 2.52x with batch-32 prices
-    (("smart",), ("x2b1",), ("ftkd3x",), (42,)),
+    (("smart",), ("x2b1",), ("ftkd3x",), (42, 43, 44)),
     (("magnitude",), ("x4",), ("ftkd",), (42,)),
     (("smart", "magnitude"), ("x2", "x3"), ("pre",), (42,)),
     (("smart", "magnitude"), ("hn75u",), RECIPES, (42,)),
